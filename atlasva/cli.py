@@ -1,0 +1,182 @@
+"""The ``atlasva`` command.
+
+    atlasva envs list
+    atlasva envs show sokoban --seed 3 --out level.png [key=value ...]
+    atlasva envs play frozenlake --seed 3 [--format free_think] [key=value ...]
+    atlasva baselines [CONFIG] [key=value ...] [--print-config]
+
+Configs are YAML files in ``configs/`` chosen by name or path, with dotted overrides after them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from atlasva import __version__
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"error: {item!r} must look like key=value (e.g. size=8)")
+        k, _, v = item.partition("=")
+        out[k] = yaml.safe_load(v) if v else ""
+    return out
+
+
+# --------------------------------------------------------------------------- envs
+
+
+def _make_env(name: str, overrides: list[str], **extra: Any):
+    from atlasva.envs.registry import load_spec
+
+    spec = load_spec(name)
+    return spec.make(**{**_parse_overrides(overrides), **extra})
+
+
+def cmd_envs(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="atlasva envs", description="List, show and play environments.")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="registered environments")
+    show = sub.add_parser("show", help="render a level to PNG (and print its text form)")
+    show.add_argument("name")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--out", default=None, help="PNG path (default: <name>-<seed>.png)")
+    show.add_argument("overrides", nargs="*", help="env config key=value")
+    play = sub.add_parser("play", help="play in the terminal: type answers, see rewards and metrics")
+    play.add_argument("name")
+    play.add_argument("--seed", type=int, default=0)
+    play.add_argument("--format", default="no_think", help="reasoning format (plain actions are wrapped in it)")
+    play.add_argument("--max-turns", type=int, default=20)
+    play.add_argument("overrides", nargs="*", help="env config key=value")
+    args = p.parse_args(argv)
+
+    from atlasva import envs
+
+    if args.action == "list":
+        for name in envs.names():
+            cls = envs.env_class(name)
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            print(f"{name:<14} {doc[0] if doc else ''}")
+        return 0
+    if args.action == "show":
+        from PIL import Image
+
+        env = _make_env(args.name, args.overrides, obs_mode="both")
+        _, info = env.reset(seed=args.seed)
+        out = args.out or f"{args.name}-{args.seed}.png"
+        Image.fromarray(env.render_rgb()).save(out)
+        print(env.render_text())
+        print(f"level {info['level_hash']}  seed {args.seed}  -> {out}")
+        return 0
+    return _play(args)
+
+
+def _play(args: argparse.Namespace) -> int:
+    from atlasva import formats
+
+    env = _make_env(args.name, args.overrides, obs_mode="both", format=args.format)
+    obs, info = env.reset(seed=args.seed)
+    print(env.system_prompt(), "\n")
+    print(obs["text"].replace("<image>", "[image]"))
+    for turn in range(1, args.max_turns + 1):
+        try:
+            line = input(f"\nturn {turn}> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("quit", "exit", "q"):
+            return 0
+        if line in ("solve", "hint"):
+            try:
+                plan = env.solve()
+            except NotImplementedError:
+                plan = [env.optimal_action()]
+            print("optimal:", plan)
+            continue
+        # plain actions ("Up, Left") are wrapped in the format; tagged text is sent as typed
+        text = line if "<" in line else formats.answer([a.strip() for a in line.split(env.action_sep)], args.format, action_sep=env.action_sep)
+        obs, reward, terminated, truncated, info = env.step(text)
+        print(obs["text"].replace("<image>", "[image]"))
+        print(f"parsed actions: {info['actions']}  reward: {reward:+.3f}  components: {info['reward_components']}")
+        print(f"metrics: {info['metrics']}" + (f"  parse: {info['parse_error']}" if info["parse_error"] else ""))
+        if terminated or truncated:
+            print("SUCCESS" if info["metrics"]["success"] else f"episode over ({info['failure'] or 'truncated'})")
+            return 0
+    return 0
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def cmd_baselines(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="atlasva baselines", description="Evaluate the optimal solver and a random agent on held-out levels."
+    )
+    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. episodes=50 run.resume=false")
+    p.add_argument("--print-config", action="store_true", help="show every key with its value and exit")
+    args = p.parse_args(argv)
+    from atlasva.config import load_config, to_dict, to_yaml
+    from atlasva.eval.baselines import BaselinesConfig, format_table, run_baselines
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config:  # no config name, only overrides
+        overrides, config = [config, *overrides], None
+    cfg, name = load_config(BaselinesConfig, config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    summary = run_baselines(cfg, f"baselines-{name}", to_dict(cfg))
+    print(format_table(summary))
+    print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "envs": ("list, show and play environments", cmd_envs),
+    "baselines": ("evaluate solver and random agents on held-out levels", cmd_baselines),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"atlasva {__version__}\n\nusage: atlasva <command> [args]\n\ncommands:")
+        for name, (help_, _) in COMMANDS.items():
+            print(f"  {name:<11} {help_}")
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(cmd, COMMANDS, n=1)
+        print(f"error: unknown command {cmd!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+              + f"; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    from atlasva.config import ConfigError
+
+    try:
+        return int(COMMANDS[cmd][1](rest) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,329 @@
+"""The environment contract (DESIGN §3) and the shared multi-turn text-action machinery.
+
+A concrete env subclasses :class:`AtlasEnv` and implements a small set of hooks (level
+generation, one primitive action, state, rendering, relations, heuristics, solver). The base
+class owns everything that must be identical across envs: parsing the model's raw text with
+:mod:`atlasva.formats`, executing actions until the first invalid one, the reward components,
+the ``info`` dict, the observation dict and the gymnasium spaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from atlasva import formats
+
+OBS_MODES = ("vision", "text", "both")
+IMAGE_PLACEHOLDER = "<image>"
+#: Characters any env may write into ``obs["text"]`` (ASCII printable plus grid symbols).
+TEXT_CHARSET = frozenset(string.printable) | frozenset("√×·→←↑↓")
+MAX_OBS_CHARS = 16384
+
+
+def level_hash(rows: list[str] | str) -> str:
+    """Content hash of a level, stable across processes (never Python's ``hash()``)."""
+    text = rows if isinstance(rows, str) else "\n".join(rows)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def json_native(x: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples into JSON-native values, recursively."""
+    if isinstance(x, dict):
+        return {str(k): json_native(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_native(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_native(x.tolist())
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+class AtlasEnv(gym.Env, ABC):
+    """Base class of every atlasva environment.
+
+    Subclasses set ``env_name``, ``action_sep``, ``grid_shape`` and ``image_shape`` (in
+    ``__init__``) and implement the abstract hooks. ``step`` receives the model's raw text.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
+    env_name: ClassVar[str] = "env"
+    action_sep: ClassVar[str] = ","
+    #: Legal action names, as shown to the model (grid envs); parametric envs may leave it empty.
+    action_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        obs_mode: str = "vision",
+        format: str = "free_think",
+        max_actions_per_turn: int = 3,
+        format_reward: float = 0.1,
+        format_penalty: float = 0.0,
+        world_model_weight: float = 0.5,
+        strict_format: bool = False,
+        max_turns: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode={obs_mode!r} is not accepted; use one of {OBS_MODES}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}; accepted: {self.metadata['render_modes']} or None")
+        if int(max_actions_per_turn) < 1:
+            raise ValueError(f"max_actions_per_turn must be >= 1, got {max_actions_per_turn}")
+        if max_turns is not None and int(max_turns) < 1:
+            raise ValueError(f"max_turns must be >= 1 or None, got {max_turns}")
+        self.obs_mode = obs_mode
+        self.format = formats.check_format(format)
+        self.max_actions_per_turn = int(max_actions_per_turn)
+        self.format_reward = float(format_reward)
+        self.format_penalty = float(format_penalty)
+        self.world_model_weight = float(world_model_weight)
+        self.strict_format = bool(strict_format)
+        self.max_turns = None if max_turns is None else int(max_turns)
+        self.render_mode = render_mode
+        self.turn = 0
+        self._ready = False
+
+    # ------------------------------------------------------------------ spaces
+    def _build_spaces(self) -> None:
+        """Call at the end of a subclass ``__init__`` once ``image_shape`` is known."""
+        h, w, _ = self.image_shape
+        self.observation_space = spaces.Dict(
+            {
+                "text": spaces.Text(max_length=MAX_OBS_CHARS, min_length=0, charset="".join(sorted(TEXT_CHARSET))),
+                "images": spaces.Sequence(spaces.Box(0, 255, (h, w, 3), np.uint8), stack=False),
+            }
+        )
+        self.action_space = spaces.Text(
+            max_length=formats.MAX_TEXT_CHARS, min_length=0, charset="".join(sorted(set(string.printable)))
+        )
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def _generate(self, seed: int) -> None:
+        """Create the level for ``seed`` (deterministic in any process) and set the start state."""
+
+    @abstractmethod
+    def _load_level(self, rows: list[str]) -> None:
+        """Set up a level given in the env's text symbols."""
+
+    @abstractmethod
+    def level_rows(self) -> list[str]:
+        """The level (start layout) in text symbols: the input of ``level_hash``."""
+
+    @abstractmethod
+    def _canonical_action(self, token: str) -> str | None:
+        """The legal action a raw token names, or None if it names none."""
+
+    @abstractmethod
+    def _execute(self, action: str) -> tuple[bool, float, bool]:
+        """Apply one legal primitive action: (effective, env reward, terminated)."""
+
+    @abstractmethod
+    def cell(self) -> list[int]:
+        """The current state cell ``[row, col]``."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """JSON-native structured state."""
+
+    @abstractmethod
+    def relations(self, state: dict[str, Any]) -> list[list[str]]:
+        """Relation triples that are true in ``state`` (world-model reward ground truth)."""
+
+    relation_vocabulary: ClassVar[formats.Vocabulary] = formats.Vocabulary((), (), ())
+
+    @abstractmethod
+    def render_rgb(self) -> np.ndarray:
+        """uint8 H×W×3 frame of the current state."""
+
+    @abstractmethod
+    def render_text(self) -> str:
+        """Text rendering of the current state (only TEXT_CHARSET characters)."""
+
+    @abstractmethod
+    def grid_heuristics(self) -> dict[str, Any]:
+        """{"shape", "hazard", "goals", "goal_distance", ...extras} for the current level."""
+
+    @abstractmethod
+    def is_success(self) -> bool: ...
+
+    def failure(self) -> str | None:
+        """Name of the terminal failure the current state is in (e.g. "hole"), else None."""
+        return None
+
+    def task_text(self) -> str:
+        return ""
+
+    def rules_text(self) -> str:
+        return ""
+
+    def action_targets(self) -> list[list[int]]:
+        return []
+
+    # ------------------------------------------------------------------ prompt
+    def system_prompt(self) -> str:
+        parts = [self.rules_text()]
+        if self.action_names:
+            parts.append("Actions: " + ", ".join(self.action_names) + ".")
+        parts.append(formats.instructions(self.format, self.action_sep, self.max_actions_per_turn))
+        if formats.has_field(self.format, "observation") or formats.has_field(self.format, "prediction"):
+            parts.append(
+                "Describe states as relations, one per sentence, e.g. \""
+                + formats.describe(self.relations(self.state())[:2] or [["object", "left of", "player"]])
+                + '"'
+            )
+        return "\n".join(p for p in parts if p)
+
+    def _observation(self, header: str) -> dict[str, Any]:
+        images: tuple[np.ndarray, ...] = ()
+        if self.obs_mode == "text":
+            body = self.render_text()
+        elif self.obs_mode == "vision":
+            body, images = IMAGE_PLACEHOLDER, (self.render_rgb(),)
+        else:
+            body, images = IMAGE_PLACEHOLDER + "\n" + self.render_text(), (self.render_rgb(),)
+        text = f"{header}\n{body}\nDecide your next action(s)." if header else body
+        return {"text": text, "images": images}
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "level" in options:
+            rows = options["level"]
+            if isinstance(rows, str):
+                rows = rows.splitlines()
+            if not isinstance(rows, list | tuple) or not all(isinstance(r, str) for r in rows):
+                raise ValueError("options['level'] must be a list of strings (one per row) or a newline-joined string")
+            self._load_level([r for r in rows if r.strip()])
+            self.seed_used: int | None = None
+        else:
+            level_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+            self.seed_used = level_seed
+            self._generate(level_seed)
+        self.turn = 0
+        self._ready = True
+        self._level_hash = level_hash(self.level_rows())
+        header = self.task_text()
+        header = (header + "\n" if header else "") + "The initial observation is:"
+        info = {
+            "state": json_native(self.state()),
+            "cells": [json_native(self.cell())],
+            "action_targets": [],
+            "level_hash": self._level_hash,
+            "seed": self.seed_used,
+        }
+        return self._observation(header), info
+
+    def step(self, action: Any):
+        if not self._ready:
+            raise RuntimeError(f"{type(self).__name__}.step() called before reset() (or after the episode ended)")
+        parsed = formats.parse(
+            action,
+            self.format,
+            action_sep=self.action_sep,
+            max_actions=self.max_actions_per_turn,
+            strict=self.strict_format,
+        )
+        pre_state = self.state()
+        cells = [self.cell()]
+        executed: list[str] = []
+        action_valid = bool(parsed.actions)
+        effective = False
+        env_reward = 0.0
+        terminated = False
+        for token in parsed.actions:
+            act = self._canonical_action(token)
+            if act is None:
+                action_valid = False  # execution stops at the first invalid action
+                break
+            eff, r, term = self._execute(act)
+            executed.append(act)
+            effective |= bool(eff)
+            env_reward += float(r)
+            cells.append(self.cell())
+            if term:
+                terminated = True
+                break
+        post_state = self.state()
+
+        if not parsed.format_valid:
+            format_r = -self.format_penalty
+        else:
+            format_r = self.format_reward if executed else 0.0
+        wm = 0.0
+        if parsed.format_valid and self.world_model_weight:
+            vocab = self.relation_vocabulary
+            if "observation" in parsed.fields:
+                wm += self.world_model_weight * formats.world_model_score(
+                    parsed.fields["observation"], self.relations(pre_state), vocab
+                )
+            if "prediction" in parsed.fields:
+                wm += self.world_model_weight * formats.world_model_score(
+                    parsed.fields["prediction"], self.relations(post_state), vocab
+                )
+
+        self.turn += 1
+        truncated = bool(not terminated and self.max_turns is not None and self.turn >= self.max_turns)
+        if terminated or truncated:
+            self._ready = False
+        success = bool(self.is_success())
+        components = {"env": float(env_reward), "format": float(format_r), "world_model": float(wm)}
+        info = {
+            "reward_components": components,
+            "metrics": {
+                "format_valid": bool(parsed.format_valid),
+                "action_valid": bool(action_valid),
+                "action_effective": bool(effective),
+                "success": success,
+            },
+            "state": json_native(post_state),
+            "cells": json_native(cells),
+            "action_targets": json_native(self.action_targets()),
+            "actions": list(executed),
+            "parse_error": parsed.error,
+            "failure": self.failure() if terminated and not success else None,
+            "level_hash": self._level_hash,
+            "turn": self.turn,
+        }
+        shown = ", ".join(executed) if executed else "none"
+        header = f"After your answer, the executed action(s): [{shown}]."
+        if parsed.error:
+            header += f" (Format problem: {parsed.error[:200]}.)"
+        obs = self._observation(header + " The observation is:")
+        return obs, float(sum(components.values())), terminated, truncated, info
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.render_rgb()
+        if self.render_mode == "ansi":
+            return self.render_text()
+        return None
+
+    # ------------------------------------------------------------------ solvers
+    def solve(self) -> list[str]:
+        """Optimal action list from the current state (deterministic envs)."""
+        raise NotImplementedError(f"{type(self).__name__} has no solver; use optimal_action()")
+
+    def optimal_action(self) -> str:
+        plan = self.solve()
+        if not plan:
+            raise RuntimeError("no optimal action: the episode is over or the level is unsolvable")
+        return plan[0]
+
+    @property
+    def level_hash(self) -> str:
+        return self._level_hash

@@ -1,0 +1,1 @@
+"""Evaluation: runners, summaries (run-folder schema) and pictures for people."""
