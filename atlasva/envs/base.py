@@ -180,10 +180,12 @@ class AtlasEnv(gym.Env, ABC):
             parts.append("Actions: " + ", ".join(self.action_names) + ".")
         parts.append(formats.instructions(self.format, self.action_sep, self.max_actions_per_turn))
         if formats.has_field(self.format, "observation") or formats.has_field(self.format, "prediction"):
+            v = self.relation_vocabulary
+            example = [[v.subjects[0], r, v.objects[0]] for r in v.relations[:2]] if v.subjects else []
             parts.append(
-                "Describe states as relations, one per sentence, e.g. \""
-                + formats.describe(self.relations(self.state())[:2] or [["object", "left of", "player"]])
-                + '"'
+                "Describe states as relations between objects, one per sentence"
+                + (f', e.g. "{formats.describe(example)}"' if example else "")
+                + (f" Relations: {', '.join(v.relations)}." if v.relations else "")
             )
         return "\n".join(p for p in parts if p)
 
