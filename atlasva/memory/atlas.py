@@ -1,0 +1,345 @@
+"""Danger and affinity atlases: level geometry from grid heuristics, batch statistics, EMA updates.
+
+An :class:`Atlas` holds the *learned* part of one scope (one level = instance scope, or one env in
+goal-relative coordinates = canonical scope): the EMA'd Beta-smoothed failure rate ``danger``, the
+EMA'd group-relative visitation advantage ``affinity`` and the (decayed) evidence behind each. The
+env's grid heuristics are blended in when a level is *viewed* (:func:`level_view`), so a hazard the
+env knows about is full danger from the first turn and the goal-distance heuristic guides the agent
+until learned evidence takes over.
+
+Atlases are immutable values: an update returns new arrays, so a snapshot can keep references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DTYPE = np.float32
+
+
+def _cell(c: Sequence[int]) -> tuple[int, int]:
+    if len(c) != 2:
+        raise ValueError(f"a cell is [row, col]; got {list(c)!r}")
+    return int(c[0]), int(c[1])
+
+
+@dataclass(frozen=True)
+class LevelGeometry:
+    """What the memory may use about a level without learning (from ``env.grid_heuristics()``)."""
+
+    shape: tuple[int, int]
+    hazard: np.ndarray  # bool H×W
+    goals: tuple[tuple[int, int], ...]
+    goal_distance: np.ndarray  # int H×W, -1 = unreachable
+    deadlock: np.ndarray  # bool H×W (Sokoban "box_deadlock"; all False elsewhere)
+    _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_heuristics(cls, h: dict[str, Any]) -> LevelGeometry:
+        if not isinstance(h, dict) or "shape" not in h:
+            raise ValueError(
+                "grid heuristics must be a dict with 'shape' (and 'hazard', 'goals', 'goal_distance'); "
+                f"got {type(h).__name__} with keys {sorted(h) if isinstance(h, dict) else '-'}"
+            )
+        shape = tuple(int(x) for x in h["shape"])
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"heuristics 'shape' must be [H, W] with H, W >= 1; got {h['shape']!r}")
+        hh, ww = shape
+        hazard = np.zeros(shape, dtype=bool)
+        for c in h.get("hazard", []) or []:
+            r, col = _cell(c)
+            if 0 <= r < hh and 0 <= col < ww:
+                hazard[r, col] = True
+        deadlock = np.zeros(shape, dtype=bool)
+        for c in h.get("box_deadlock", []) or []:
+            r, col = _cell(c)
+            if 0 <= r < hh and 0 <= col < ww:
+                deadlock[r, col] = True
+        goals = tuple(_cell(c) for c in (h.get("goals", []) or []))
+        gd = h.get("goal_distance")
+        if gd is None:
+            dist = np.full(shape, -1, dtype=np.int64)
+        else:
+            dist = np.asarray(gd, dtype=np.int64)
+            if dist.shape != shape:
+                raise ValueError(f"heuristics 'goal_distance' has shape {dist.shape}, expected {shape}")
+        return cls(shape, hazard, goals, dist, deadlock)
+
+    def contains(self, cell: Sequence[int]) -> bool:
+        r, c = _cell(cell)
+        return 0 <= r < self.shape[0] and 0 <= c < self.shape[1]
+
+    def heuristic_danger(self) -> np.ndarray:
+        return self.hazard.astype(DTYPE)
+
+    def heuristic_affinity(self) -> np.ndarray:
+        """1 − d/d_max on reachable cells (1 on a goal), 0 where unreachable."""
+        if "h_a" not in self._cache:
+            self._cache["h_a"] = self._heuristic_affinity()
+        return self._cache["h_a"]
+
+    def _heuristic_affinity(self) -> np.ndarray:
+        d = self.goal_distance
+        reach = d >= 0
+        if not reach.any():
+            return np.zeros(self.shape, dtype=DTYPE)
+        dmax = max(int(d[reach].max()), 1)
+        return np.where(reach, 1.0 - d / dmax, 0.0).astype(DTYPE)
+
+    def canonical_index(self, radius: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For every cell, its index in the (2R+1)² goal-relative grid (offset to the nearest goal by
+        Manhattan distance, first goal on ties; offsets beyond R are clipped). None without goals."""
+        if not self.goals:
+            return None
+        if ("canonical", radius) in self._cache:
+            return self._cache[("canonical", radius)]
+        rr, cc = np.mgrid[0 : self.shape[0], 0 : self.shape[1]]
+        goals = np.asarray(self.goals)  # G×2
+        dist = np.abs(rr[None] - goals[:, 0, None, None]) + np.abs(cc[None] - goals[:, 1, None, None])
+        nearest = np.argmin(dist, axis=0)  # argmin picks the first goal on ties
+        dr = np.clip(rr - goals[nearest, 0], -radius, radius) + radius
+        dc = np.clip(cc - goals[nearest, 1], -radius, radius) + radius
+        self._cache[("canonical", radius)] = (dr, dc)
+        return dr, dc
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """The learned part of one scope. ``visits``/``evidence`` are decayed counts (confidence)."""
+
+    danger: np.ndarray
+    affinity: np.ndarray
+    visits: np.ndarray
+    evidence: np.ndarray
+    d_updates: np.ndarray  # per-cell number of EMA updates (for the debiased EMA)
+    a_updates: np.ndarray
+    updates: int = 0
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> Atlas:
+        z = np.zeros(shape, dtype=DTYPE)
+        return cls(z, np.full(shape, 0.5, dtype=DTYPE), z, z, z, z, 0)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.danger.shape)  # type: ignore[return-value]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "danger": self.danger,
+            "affinity": self.affinity,
+            "visits": self.visits,
+            "evidence": self.evidence,
+            "d_updates": self.d_updates,
+            "a_updates": self.a_updates,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], updates: int) -> Atlas:
+        shapes = {k: v.shape for k, v in arrays.items()}
+        if len(set(shapes.values())) != 1 or len(shapes) != 6:
+            raise ValueError(f"atlas arrays must be six arrays of one shape; got {shapes}")
+        return cls(**{k: np.asarray(v, dtype=DTYPE) for k, v in arrays.items()}, updates=int(updates))
+
+
+@dataclass
+class BatchStats:
+    """Per-cell statistics of one batch for one scope grid."""
+
+    visits: np.ndarray  # n(c)
+    failures: np.ndarray  # f(c), failure credit
+    adv_num: np.ndarray  # Σ_i Â_i v_i(c)
+    adv_den: np.ndarray  # Σ_i v_i(c) over informative groups
+    adv_count: np.ndarray  # number of episodes (in informative groups) that visited c
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, int]) -> BatchStats:
+        return cls(*(np.zeros(shape, dtype=np.float64) for _ in range(5)))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def update_atlas(
+    atlas: Atlas,
+    stats: BatchStats,
+    *,
+    ema: float,
+    decay: float,
+    beta_prior: tuple[float, float],
+    affinity_temperature: float = 1.0,
+    debias: bool = True,
+) -> Atlas:
+    """One EMA step.
+
+    danger:   d̂(c) = (f + a₀)/(n + a₀ + b₀) on visited cells; D ← (1−η)D + η·d̂ there, D ← ρ·D elsewhere.
+    affinity: A_batch(c) = σ(Σ Â_i v_i(c) / Σ v_i(c) / T) where there is group evidence; A ← (1−η)A + η·A_batch.
+    With ``debias`` the rate of a cell's k-th update is max(η, 1/k) (the first update sets the value;
+    bias-corrected EMA), so early evidence is not shrunk towards the initial value.
+    """
+    a0, b0 = beta_prior
+    seen = stats.visits > 0
+    d_k = atlas.d_updates + seen
+    rate_d = np.maximum(ema, 1.0 / np.maximum(d_k, 1)) if debias else np.full(atlas.shape, ema)
+    d_hat = (stats.failures + a0) / (stats.visits + a0 + b0)
+    danger = np.where(seen, (1 - rate_d) * atlas.danger + rate_d * d_hat, decay * atlas.danger)
+
+    has = stats.adv_den > 0
+    a_k = atlas.a_updates + has
+    rate_a = np.maximum(ema, 1.0 / np.maximum(a_k, 1)) if debias else np.full(atlas.shape, ema)
+    a_batch = sigmoid(np.divide(stats.adv_num, np.where(has, stats.adv_den, 1.0)) / affinity_temperature)
+    affinity = np.where(has, (1 - rate_a) * atlas.affinity + rate_a * a_batch, atlas.affinity)
+
+    return Atlas(
+        danger=np.clip(danger, 0.0, 1.0).astype(DTYPE),
+        affinity=np.clip(affinity, 0.0, 1.0).astype(DTYPE),
+        visits=(decay * atlas.visits + stats.visits).astype(DTYPE),
+        evidence=(decay * atlas.evidence + stats.adv_count).astype(DTYPE),
+        d_updates=d_k.astype(DTYPE),
+        a_updates=a_k.astype(DTYPE),
+        updates=atlas.updates + 1,
+    )
+
+
+# --------------------------------------------------------------------------- episode statistics
+
+
+@dataclass
+class EpisodeCells:
+    """The cell-level facts of one episode the atlases need (env-agnostic)."""
+
+    cells: list[tuple[int, int]]  # every state cell, in order, start cell first
+    failure_credit: list[float]  # per entry of ``cells``: failure credit at that visit
+    success: bool
+
+
+def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: float) -> EpisodeCells:
+    """Turn an Episode into visit/failure sequences.
+
+    Failure credit: 1 on the cell where a terminal failure ended (the hole), ``failure_trace``^k on
+    the k-th cell before it (k ≤ 2); ``ineffective_weight`` on the cell where a primitive action left
+    the cell unchanged (bumping into a wall or edge) or where an invalid action stopped execution.
+    """
+    cells: list[tuple[int, int]] = []
+    credit: list[float] = []
+    if episode.start_cell:
+        cells.append(_cell(episode.start_cell))
+        credit.append(0.0)
+    for turn in episode.turns:
+        tc = [_cell(c) for c in turn.cells]
+        if tc and not cells:
+            cells.append(tc[0])
+            credit.append(0.0)
+        for i in range(1, len(tc)):
+            cells.append(tc[i])
+            credit.append(ineffective_weight if tc[i] == tc[i - 1] else 0.0)
+        metrics = turn.metrics or {}
+        if metrics.get("format_valid", True) and metrics.get("action_valid", True) is False and cells:
+            credit[-1] += ineffective_weight
+    terminal_failure = bool(
+        episode.outcome == "failure" and episode.turns and episode.turns[-1].terminated and cells
+    )
+    if terminal_failure:
+        credit[-1] = 1.0
+        for k in (1, 2):
+            if failure_trace > 0 and len(cells) > k:
+                credit[-1 - k] = max(credit[-1 - k], failure_trace**k)
+    return EpisodeCells(cells, [min(c, 1.0) for c in credit], bool(episode.success))
+
+
+def accumulate(
+    stats: BatchStats,
+    groups: Iterable[list[tuple[EpisodeCells, tuple[np.ndarray, np.ndarray] | None]]],
+    *,
+    visit_discount: float,
+) -> None:
+    """Add the danger counts and the group-relative visitation advantage of ``groups`` to ``stats``.
+
+    Each group member is (episode cells, index map) where the index map sends a level cell to this
+    scope's grid (None = identity). Groups whose returns do not vary carry no affinity evidence.
+    """
+    h, w = stats.visits.shape
+    for group in groups:
+        returns = np.array([1.0 if ec.success else 0.0 for ec, _ in group])
+        std = float(returns.std()) if len(returns) else 0.0
+        adv = (returns - returns.mean()) / (std + 1e-6) if std > 1e-8 else None
+        for i, (ec, index) in enumerate(group):
+            if not ec.cells:
+                continue
+            cells = np.asarray(ec.cells)
+            if index is None:
+                rows, cols = cells[:, 0], cells[:, 1]
+                ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+                if not ok.all():
+                    bad = cells[~ok][0].tolist()
+                    raise ValueError(f"cell {bad} is outside the atlas grid of shape {(h, w)}")
+            else:
+                rows, cols = index[0][cells[:, 0], cells[:, 1]], index[1][cells[:, 0], cells[:, 1]]
+            np.add.at(stats.visits, (rows, cols), 1.0)
+            np.add.at(stats.failures, (rows, cols), np.asarray(ec.failure_credit))
+            if adv is not None:
+                t = len(cells)
+                weights = visit_discount ** (t - 1 - np.arange(t))
+                v = np.zeros((h, w))
+                np.add.at(v, (rows, cols), weights)
+                stats.adv_num += adv[i] * v
+                stats.adv_den += v
+                stats.adv_count += v > 0
+
+
+# --------------------------------------------------------------------------- level views
+
+
+def confidence(count: np.ndarray, scale: float) -> np.ndarray:
+    return count / (count + scale)
+
+
+def level_view(
+    geom: LevelGeometry,
+    instance: Atlas | None,
+    canonical: Atlas | None,
+    *,
+    radius: int,
+    evidence_scale: float,
+    heuristic_weight_end: float,
+    use_heuristics: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (D, A) a level sees: learned instance and canonical evidence mixed by confidence, then
+
+    D = max(h_D, D_learned) and A = w_h·h_A + (1−w_h)·A_learned, with the heuristic weight
+    w_h = w_end + (1−w_end)·(1−confidence) annealing from 1 (no evidence) towards w_end.
+    """
+    shape = geom.shape
+    zeros = np.zeros(shape, dtype=DTYPE)
+    d_i = a_i = cd_i = ca_i = zeros
+    d_c = a_c = cd_c = ca_c = zeros
+    if instance is not None:
+        if instance.shape != shape:
+            raise ValueError(f"instance atlas has shape {instance.shape} but the level is {shape}")
+        d_i, a_i = instance.danger, instance.affinity
+        cd_i = confidence(instance.visits, evidence_scale)
+        ca_i = confidence(instance.evidence, evidence_scale)
+    if canonical is not None:
+        idx = geom.canonical_index(radius)
+        if idx is not None:
+            d_c, a_c = canonical.danger[idx], canonical.affinity[idx]
+            cd_c = confidence(canonical.visits[idx], evidence_scale)
+            ca_c = confidence(canonical.evidence[idx], evidence_scale)
+    # danger: the stored EMA already shrinks rare evidence (Beta prior, decay); mix by confidence
+    wd = np.where(cd_i + cd_c > 0, cd_i / np.maximum(cd_i + (1 - cd_i) * cd_c, 1e-9), 0.0)
+    d_learned = wd * d_i + (1 - wd) * d_c
+    conf_a = ca_i + (1 - ca_i) * ca_c
+    a_learned = np.where(conf_a > 0, (ca_i * a_i + (1 - ca_i) * ca_c * a_c) / np.maximum(conf_a, 1e-9), 0.5)
+    if use_heuristics:
+        danger = np.maximum(geom.heuristic_danger(), d_learned)
+        w_h = heuristic_weight_end + (1.0 - heuristic_weight_end) * (1.0 - conf_a)
+        affinity = w_h * geom.heuristic_affinity() + (1 - w_h) * a_learned
+    else:
+        danger = d_learned
+        affinity = np.where(conf_a > 0, conf_a * a_learned + (1 - conf_a) * 0.5, 0.5)
+    return np.clip(danger, 0, 1).astype(DTYPE), np.clip(affinity, 0, 1).astype(DTYPE)

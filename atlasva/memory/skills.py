@@ -1,0 +1,173 @@
+"""Text skills mined from (local pattern, action) statistics, no LLM.
+
+The pattern is what lies in the direction of a primitive move (from the env's grid heuristics:
+a hazard, the goal, a deadlock cell, the grid edge, or free space). For each (env, pattern, action)
+the memory counts N, failures (the move ended the episode in failure, or changed nothing) and
+success-path uses (the move was part of a successful episode). A rule is emitted when N ≥ min_support
+and the Wilson lower bound of its rate clears the threshold; each later update where the key occurs
+votes +1 (the batch rate agrees, ≥ 0.5) or −1; a rule whose score falls below 0 is dropped. At most
+``max_rules`` rules per env of at most 32 words are kept, ranked by support × confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from atlasva.memory.atlas import LevelGeometry
+
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+WHERE = {"left": "to your left", "right": "to your right", "up": "above you", "down": "below you"}
+HAZARD_NAMES = {"frozenlake": "hole", "sokoban": "wall"}
+MAX_WORDS = 32
+
+
+def wilson_lower(successes: float, n: float, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval for a rate of ``successes``/``n`` (0 when n = 0)."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - margin) / denom)
+
+
+def tile_ahead(geom: LevelGeometry, cell: tuple[int, int], action: str) -> str | None:
+    """What lies one step in the direction of ``action`` from ``cell`` (None: not a grid move)."""
+    d = DIRECTIONS.get(action.strip().lower())
+    if d is None:
+        return None
+    r, c = cell[0] + d[0], cell[1] + d[1]
+    if not (0 <= r < geom.shape[0] and 0 <= c < geom.shape[1]):
+        return "edge"
+    if geom.hazard[r, c]:
+        return "hazard"
+    if (r, c) in geom.goals:
+        return "goal"
+    if geom.deadlock[r, c]:
+        return "deadlock"
+    return "free"
+
+
+def _thing(tile: str, env: str) -> str:
+    return {
+        "hazard": f"a {HAZARD_NAMES.get(env, 'hazard')}",
+        "goal": "the goal",
+        "deadlock": "a dead corner",
+        "edge": "the edge",
+        "free": "free space",
+    }.get(tile, tile)
+
+
+@dataclass
+class Rule:
+    env: str
+    tile: str
+    action: str
+    kind: str  # avoid | prefer
+    support: int
+    rate: float
+    confidence: float  # Wilson lower bound
+    score: int = 1
+
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.env, self.tile, self.action, self.kind)
+
+    def text(self) -> str:
+        where = WHERE.get(self.action.lower(), "ahead")
+        thing = _thing(self.tile, self.env)
+        if self.kind == "avoid":
+            s = f"Avoid {self.action} when {thing} is {where}: it failed {self.rate:.0%} of {self.support} times."
+        else:
+            s = f"Move {self.action} when {thing} is {where}: it was on successful paths {self.rate:.0%} of {self.support} times."
+        words = s.split()
+        return " ".join(words[:MAX_WORDS])
+
+
+@dataclass
+class SkillMiner:
+    min_support: int = 10
+    threshold: float = 0.6
+    max_rules: int = 8
+
+    def __post_init__(self) -> None:
+        # (env, tile, action) -> [N, failures, success_path]
+        self.stats: dict[tuple[str, str, str], list[float]] = {}
+        self.rules: list[Rule] = []
+
+    @staticmethod
+    def events(episode: Any, geom: LevelGeometry) -> list[tuple[str, str, bool, bool]]:
+        """(tile, action, failed, on_success_path) for every primitive move of ``episode``."""
+        out: list[tuple[str, str, bool, bool]] = []
+        n_turns = len(episode.turns)
+        for ti, turn in enumerate(episode.turns):
+            cells = [(int(c[0]), int(c[1])) for c in turn.cells]
+            for ai, action in enumerate(turn.actions):
+                if ai + 1 >= len(cells):
+                    break
+                tile = tile_ahead(geom, cells[ai], action)
+                if tile is None:
+                    continue
+                last = ti == n_turns - 1 and ai == len(turn.actions) - 1
+                fatal = last and turn.terminated and episode.outcome == "failure"
+                failed = fatal or cells[ai + 1] == cells[ai]
+                out.append((tile, action, failed, bool(episode.success)))
+        return out
+
+    def update(self, batch: list[tuple[str, list[tuple[str, str, bool, bool]]]]) -> None:
+        """``batch``: (env, events) per episode. Count, vote on existing rules, then mine new ones."""
+        batch_counts: dict[tuple[str, str, str], list[float]] = {}
+        for env, events in batch:
+            for tile, action, failed, success in events:
+                k = (env, tile, action)
+                for table in (self.stats, batch_counts):
+                    s = table.setdefault(k, [0.0, 0.0, 0.0])
+                    s[0] += 1
+                    s[1] += failed
+                    s[2] += success
+        kept: list[Rule] = []
+        for rule in self.rules:
+            k = (rule.env, rule.tile, rule.action)
+            if k in batch_counts:
+                n, f, s = batch_counts[k]
+                rate = (f if rule.kind == "avoid" else s) / n
+                rule.score += 1 if rate >= 0.5 else -1
+            n, f, s = self.stats[k]
+            rule.support, rule.rate = int(n), (f if rule.kind == "avoid" else s) / n
+            rule.confidence = wilson_lower(f if rule.kind == "avoid" else s, n)
+            if rule.score >= 0:
+                kept.append(rule)
+        have = {r.key() for r in kept}
+        for (env, tile, action), (n, f, s) in self.stats.items():
+            if n < self.min_support:
+                continue
+            cands = [("avoid", f)]
+            if tile not in ("free", "edge"):
+                cands.append(("prefer", s))
+            for kind, x in cands:
+                conf = wilson_lower(x, n)
+                if conf >= self.threshold and (env, tile, action, kind) not in have:
+                    kept.append(Rule(env, tile, action, kind, int(n), x / n, conf))
+                    have.add((env, tile, action, kind))
+        kept.sort(key=lambda r: (r.support * r.confidence, r.env, r.tile, r.action), reverse=True)
+        per_env: dict[str, int] = {}
+        self.rules = []
+        for r in kept:  # at most max_rules per env
+            if per_env.get(r.env, 0) < self.max_rules:
+                per_env[r.env] = per_env.get(r.env, 0) + 1
+                self.rules.append(r)
+
+    def lines(self, env: str) -> list[str]:
+        return [r.text() for r in self.rules if r.env == env]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stats": [[*k, *v] for k, v in sorted(self.stats.items())],
+            "rules": [asdict(r) for r in self.rules],
+        }
+
+    def load_json(self, d: dict[str, Any]) -> None:
+        self.stats = {(str(e), str(t), str(a)): [float(n), float(f), float(s)] for e, t, a, n, f, s in d["stats"]}
+        self.rules = [Rule(**r) for r in d["rules"]]
