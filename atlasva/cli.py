@@ -4,6 +4,7 @@
     atlasva envs show sokoban --seed 3 --out level.png [key=value ...]
     atlasva envs play frozenlake --seed 3 [--format free_think] [key=value ...]
     atlasva baselines [CONFIG] [key=value ...] [--print-config]
+    atlasva serve --host 127.0.0.1 --port 8000 --max-envs 256 [--token T]
 
 Configs are YAML files in ``configs/`` chosen by name or path, with dotted overrides after them.
 """
@@ -141,9 +142,18 @@ def cmd_baselines(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- main
 
+def cmd_serve(argv: list[str]) -> int:
+    try:
+        from atlasva.serve.server import serve_main
+    except ImportError as exc:  # the serve extra is optional
+        raise SystemExit(f"error: `atlasva serve` needs the serve extra (pip install 'atlasva[serve]'): {exc}") from None
+    return serve_main(argv)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "envs": ("list, show and play environments", cmd_envs),
     "baselines": ("evaluate solver and random agents on held-out levels", cmd_baselines),
+    "serve": ("run the HTTP environment service", cmd_serve),
 }
 
 

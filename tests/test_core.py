@@ -148,7 +148,9 @@ def test_episode_roundtrip():
                          metrics={"format_valid": True}, frames=[np.zeros((2, 2, 3), np.uint8)]))
     ep.finish("failure", "hole")
     d = json.loads(json.dumps(ep.to_dict()))
+    assert d["turns"][0]["n_frames"] == 1  # frames stay out of the JSON form (PNGs / re-render)
     back = Episode.from_dict(d)
+    d["turns"][0]["n_frames"] = 0
     assert back.to_dict() == d and back.cells() == [[0, 0], [1, 0]] and back.total_reward == pytest.approx(0.03)
     with pytest.raises(ValueError, match="accepted"):
         ep.finish("won")

@@ -297,7 +297,7 @@ class AtlasEnv(gym.Env, ABC):
             "action_targets": json_native(self.action_targets()),
             "actions": list(executed),
             "parse_error": parsed.error,
-            "failure": self.failure() if terminated and not success else None,
+            "failure": self.failure() if (terminated or truncated) and not success else None,
             "level_hash": self._level_hash,
             "turn": self.turn,
         }

@@ -278,7 +278,9 @@ class ProcessEnvPool(ShardedEnvPool):
     Observations and ``info`` dicts come back pickled, so they equal the in-process pool's exactly.
     Envs registered in this process (``atlasva.envs.register``) are registered in the workers too,
     provided their classes are importable (module-level classes). ``start_method`` is a
-    multiprocessing start method; ``spawn`` (default) is safe with threads in the parent.
+    multiprocessing start method; ``spawn`` (default) is safe with threads in the parent (a
+    script that builds the pool needs the usual ``if __name__ == "__main__":`` guard).
+    A worker that dies is reported (RuntimeError naming it); build a new pool then.
     """
 
     def __init__(self, num_workers: int = 2, *, start_method: str = "spawn") -> None:

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from gymnasium.envs.registration import EnvSpec as GymEnvSpec
 
 from atlasva.envs.base import AtlasEnv
 
 _REGISTRY: dict[str, str | type[AtlasEnv]] = {
     "sokoban": "atlasva.envs.sokoban:SokobanEnv",
     "frozenlake": "atlasva.envs.frozenlake:FrozenLakeEnv",
+    "navigation": "atlasva.envs.navigation:NavigationEnv",
+    "manipulation": "atlasva.envs.manipulation:ManipulationEnv",
 }
 
 
@@ -70,7 +73,10 @@ def make(name: str, **config: Any) -> AtlasEnv:
     for key in config:
         if key not in accepted:
             raise _unknown(f"config key for env {name!r}:", key, accepted)
-    return cls(**config)
+    env = cls(**config)
+    # a gymnasium spec lets gymnasium tools (check_env, spec.make) rebuild the env, e.g. in another render mode
+    env.spec = GymEnvSpec(id=f"atlasva/{name}-v0", entry_point=cls, kwargs=dict(config))
+    return env
 
 
 # --------------------------------------------------------------------------- specs and splits
