@@ -227,6 +227,8 @@ class AtlasEnv(gym.Env, ABC):
             "action_targets": [],
             "level_hash": self._level_hash,
             "seed": self.seed_used,
+            # what the memory may know without learning; in the reset info so every pool carries it
+            "heuristics": json_native(self.grid_heuristics()),
         }
         return self._observation(header), info
 

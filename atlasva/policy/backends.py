@@ -1,0 +1,321 @@
+"""Generation backends behind one interface: ``generate(prompts) -> list[GenerationOutput]``.
+
+- :class:`HFBackend` — transformers ``generate`` on the local model (batched, left padding). Special and
+  vision tokens are masked out of the distribution (only the end-of-turn token may end a turn), so a
+  random-init model can never emit ``<|image_pad|>``. ``logprobs`` are those of the generated tokens
+  under the masked distribution at the sampling temperature (before top-p / top-k truncation) — the
+  same quantity :meth:`PolicyModel.score` computes with the same temperature.
+- :class:`OpenAIBackend` — any OpenAI-compatible ``/chat/completions`` server (vLLM, hosted models):
+  images as PNG data URLs, API key from an environment variable, bounded retries with exponential
+  backoff (``Retry-After`` honoured) on 429 / 5xx / connection errors, a requests-per-second limit.
+  Servers re-tokenise text, so ``token_ids`` are empty unless a vLLM server returns them
+  (``request_token_ids``); use it for evaluation, not for token-level training.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from atlasva.policy.config import OpenAIConfig, SamplingConfig
+from atlasva.policy.processor import Encoded, Prompt, to_uint8_rgb
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = ("stop", "length", "error")
+
+
+@dataclass
+class GenerationOutput:
+    """One completion. ``token_ids`` are exactly as generated (the end-of-turn token included when
+    the turn ended); ``text`` is their decoding without the end-of-turn token; ``logprobs`` has one
+    entry per token id (empty when the backend cannot tell); ``finish_reason`` ∈ stop | length | error."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"
+    error: str = ""
+
+
+class GenerationBackend(Protocol):
+    def generate(
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+    ) -> list[GenerationOutput]: ...
+
+
+# --------------------------------------------------------------------------- hf
+class _MaskLogits:
+    """A logits processor that forbids every token outside ``allowed`` (runs before the warpers)."""
+
+    def __init__(self, allowed: torch.Tensor) -> None:
+        self.allowed = allowed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.masked_fill(~self.allowed.to(scores.device), float("-inf"))
+
+
+class HFBackend:
+    """Batched ``model.generate`` with left padding on a :class:`PolicyModel`."""
+
+    def __init__(self, policy_model: Any, sampling: SamplingConfig | None = None) -> None:
+        self.pm = policy_model
+        self.sampling = sampling or SamplingConfig()
+        self.calls = 0  # advanced once per generate call: the default seed is (sampling.seed, calls)
+
+    def generate(
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+    ) -> list[GenerationOutput]:
+        sampling = sampling or self.sampling
+        if seed is None:
+            seed = (int(sampling.seed) * 1_000_003 + self.calls) % (2**63 - 1)
+        self.calls += 1
+        seqs = [p if isinstance(p, Encoded) else self.pm.processor.encode_prompt(p) for p in prompts]
+        out: list[GenerationOutput] = []
+        step = max(1, int(sampling.batch_size))
+        for start in range(0, len(seqs), step):
+            out.extend(self._generate_batch(seqs[start : start + step], sampling, seed + start))
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(self, seqs: list[Encoded], sampling: SamplingConfig, seed: int) -> list[GenerationOutput]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        pm = self.pm
+        proc = pm.processor
+        if sampling.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+        greedy = sampling.temperature <= 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=int(sampling.max_new_tokens),
+            do_sample=not greedy,
+            temperature=None if greedy else float(sampling.temperature),
+            top_p=None if greedy else float(sampling.top_p),
+            top_k=None if greedy else int(sampling.top_k),
+            eos_token_id=proc.eos_token_id,
+            pad_token_id=proc.pad_token_id,
+            bos_token_id=None,
+            return_dict_in_generate=True,
+            output_logits=True,
+            use_cache=True,
+        )
+        batch = pm.to_device(proc.collate(seqs, padding_side="left"))
+        was_training = pm.model.training
+        pm.model.eval()
+        devices = [pm.device] if pm.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                res = pm.model.generate(
+                    **batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([_MaskLogits(pm.allowed)])
+                )
+        finally:
+            pm.model.train(was_training)
+        prompt_len = batch["input_ids"].shape[1]
+        new = res.sequences[:, prompt_len:]
+        temp = 1.0 if greedy else float(sampling.temperature)
+        if res.logits:
+            logits = torch.stack(res.logits, dim=1).float()  # (B, T, V) raw
+            logp = torch.log_softmax(pm.mask_logits(logits) / temp, dim=-1)
+            tok_lp = logp.gather(-1, new[:, : logp.shape[1], None]).squeeze(-1)
+        else:  # pragma: no cover - generate always returns logits when asked
+            tok_lp = torch.zeros(new.shape, dtype=torch.float32)
+        outputs = []
+        for i in range(new.shape[0]):
+            ids = new[i].tolist()
+            finish = "length"
+            if proc.eos_token_id in ids:
+                ids = ids[: ids.index(proc.eos_token_id) + 1]
+                finish = "stop"
+            text_ids = ids[:-1] if finish == "stop" else ids
+            outputs.append(
+                GenerationOutput(
+                    token_ids=ids,
+                    text=proc.decode(text_ids),
+                    logprobs=tok_lp[i, : len(ids)].tolist(),
+                    finish_reason=finish,
+                )
+            )
+        return outputs
+
+
+# --------------------------------------------------------------------------- openai
+def image_data_url(image: Any) -> str:
+    """A PNG data URL of an image (np.ndarray H×W×3 uint8 or PIL)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8_rgb(image)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_openai_messages(messages: Prompt) -> list[dict[str, Any]]:
+    """Our chat messages → OpenAI chat messages (images become ``image_url`` PNG data URLs)."""
+    out = []
+    for i, msg in enumerate(messages):
+        content = msg.get("content")
+        if isinstance(content, str):
+            out.append({"role": msg["role"], "content": content})
+            continue
+        if not isinstance(content, list):
+            raise ValueError(f"message {i} content must be a string or a list of items")
+        items: list[dict[str, Any]] = []
+        for item in content:
+            if isinstance(item, str):
+                items.append({"type": "text", "text": item})
+            elif item.get("type") == "image" or "image" in item:
+                items.append({"type": "image_url", "image_url": {"url": image_data_url(item["image"])}})
+            elif "image_url" in item:
+                items.append({"type": "image_url", "image_url": item["image_url"]})
+            elif "text" in item:
+                items.append({"type": "text", "text": str(item["text"])})
+            else:
+                raise ValueError(f"message {i}: unsupported content item {item!r:.120}")
+        out.append({"role": msg["role"], "content": items})
+    return out
+
+
+class RateLimiter:
+    """At most ``rate`` request starts per second across threads (0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class OpenAIError(RuntimeError):
+    """The server refused a request for good (a 4xx other than 408/409/429), or retries ran out."""
+
+
+_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    """Chat completions against an OpenAI-compatible server through httpx."""
+
+    def __init__(self, config: OpenAIConfig | None = None, sampling: SamplingConfig | None = None, *, client: Any = None) -> None:
+        import httpx
+
+        self.config = config or OpenAIConfig()
+        if not self.config.model:
+            raise ValueError("openai.model is empty: name the served model (e.g. openai.model=Qwen2.5-VL-7B-Instruct)")
+        self.sampling = sampling or SamplingConfig()
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key_env:
+            key = os.environ.get(self.config.api_key_env, "")
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        self.client = client or httpx.Client(
+            base_url=self.config.base_url.rstrip("/"), headers=headers, timeout=self.config.timeout_s
+        )
+        self.limiter = RateLimiter(self.config.requests_per_second)
+        self.calls = 0
+        self.retries = 0  # total retries so far (observable in tests and logs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def generate(
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+    ) -> list[GenerationOutput]:
+        sampling = sampling or self.sampling
+        if seed is None:
+            seed = (int(sampling.seed) * 1_000_003 + self.calls) % (2**31 - 1)
+        self.calls += 1
+        for p in prompts:
+            if isinstance(p, Encoded):
+                raise TypeError("the openai backend takes chat messages, not token ids (servers tokenise themselves)")
+        bodies = [self._body(p, sampling, seed + i) for i, p in enumerate(prompts)]
+        workers = max(1, min(int(self.config.max_concurrency), len(bodies)))
+        if workers == 1:
+            return [self._request(b) for b in bodies]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self._request, bodies))
+
+    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": to_openai_messages(prompt),
+            "max_tokens": int(sampling.max_new_tokens),
+            "temperature": max(0.0, float(sampling.temperature)),
+            "top_p": float(sampling.top_p),
+            "seed": int(seed),
+            "n": 1,
+        }
+        if sampling.top_k:
+            body["top_k"] = int(sampling.top_k)  # vLLM extension
+        if self.config.logprobs:
+            body["logprobs"] = True
+        if self.config.request_token_ids:
+            body["return_token_ids"] = True  # vLLM extension
+        return body
+
+    def _request(self, body: dict[str, Any]) -> GenerationOutput:
+        import httpx
+
+        cfg = self.config
+        last = ""
+        for attempt in range(cfg.max_retries + 1):
+            if attempt:
+                self.retries += 1
+            self.limiter.wait()
+            delay = min(cfg.max_backoff_s, cfg.backoff_s * (2**attempt))
+            try:
+                resp = self.client.post("/chat/completions", json=body)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
+                time.sleep(delay)
+                continue
+            if resp.status_code == 200:
+                return self._parse(resp.json())
+            last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code not in _RETRY_STATUS:
+                raise OpenAIError(f"{cfg.base_url}/chat/completions refused the request: {last}")
+            retry_after = resp.headers.get("retry-after")
+            if retry_after:
+                try:
+                    delay = min(cfg.max_backoff_s, max(0.0, float(retry_after)))
+                except ValueError:
+                    pass
+            log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
+            time.sleep(delay)
+        raise OpenAIError(f"{cfg.base_url}/chat/completions failed after {cfg.max_retries + 1} attempts: {last}")
+
+    @staticmethod
+    def _parse(data: dict[str, Any]) -> GenerationOutput:
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise OpenAIError(f"malformed chat completion (no choices): {str(data)[:300]}") from None
+        text = (choice.get("message") or {}).get("content") or ""
+        reason = choice.get("finish_reason") or "stop"
+        reason = reason if reason in ("stop", "length") else "stop"
+        logprobs: list[float] = []
+        lp = choice.get("logprobs") or {}
+        for entry in lp.get("content") or []:
+            if isinstance(entry, dict) and "logprob" in entry:
+                logprobs.append(float(entry["logprob"]))
+        token_ids = [int(t) for t in choice.get("token_ids") or []]
+        return GenerationOutput(token_ids=token_ids, text=text, logprobs=logprobs, finish_reason=reason)

@@ -1,0 +1,101 @@
+"""Policy config schemas (plain dataclasses; OmegaConf-compatible, so they nest into run configs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKENDS = ("hf", "openai")
+DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class TinyModelConfig:
+    """The default policy: a random-init Qwen2.5-VL this small runs on a laptop CPU."""
+
+    vocab_size: int = 1024  # BPE target; the model's vocab is the tokenizer's size rounded up to 64
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 8192
+    rope_theta: float = 10000.0
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_depth: int = 2
+    vision_num_heads: int = 4
+    patch_size: int = 14
+    spatial_merge_size: int = 2  # 28 px = one merged vision token
+    temporal_patch_size: int = 2
+    min_pixels: int = 28 * 28
+    max_pixels: int = 28 * 28 * 256
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+
+@dataclass
+class LoraSettings:
+    enable: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    #: module names (suffixes) inside the language model that get adapters
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    #: also adapt the vision tower (its attention is `qkv`/`proj`, its MLP shares the names above)
+    vision: bool = False
+
+
+@dataclass
+class ModelConfig:
+    #: a local folder holding a Qwen2.5-VL checkpoint + processor; empty = the tiny default policy
+    path: str = ""
+    #: where the tiny default is created and cached (e.g. RUN/policy-init); empty = the caller decides
+    init_dir: str = ""
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, else fp32) | float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False
+    value_head: bool = False
+    #: torch CPU threads (0 = leave torch's default). Tiny models decode ~6x faster with 1 thread on a
+    #: busy 2-core machine (OpenMP spin-waits); set it once per process.
+    cpu_threads: int = 0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 128
+    seed: int = 0
+    #: generate this many prompts at once with the hf backend (memory bound)
+    batch_size: int = 64
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key ("" = none)
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 1.0  # first retry waits this long, then doubles (Retry-After wins when given)
+    max_backoff_s: float = 30.0
+    requests_per_second: float = 0.0  # 0 = no rate limit
+    max_concurrency: int = 8
+    logprobs: bool = True
+    #: ask a vLLM server for the generated token ids (`return_token_ids`); other servers return none
+    request_token_ids: bool = False
+
+
+@dataclass
+class PolicyConfig:
+    backend: str = "hf"  # hf | openai
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
