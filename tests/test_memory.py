@@ -28,9 +28,10 @@ def test_danger_rises_on_the_hole_after_failures_beta_smoothed():
     mem = SkillMemory()
     mem.update([episode(FAIL, "failure", heuristics=NO_HAZARD)])
     d = mem.instance_atlas("toy", "L1").danger
-    # d̂ = (f + 1) / (n + 1 + 3); the first (debiased) EMA step sets it
+    # d̂ = (f + 1) / (n + 1 + 3) where f > 0; the first (debiased) EMA step sets it
     assert d[1, 1] == pytest.approx(2 / 5)
-    assert d[0, 0] == pytest.approx(1 / 5) and d[0, 1] == pytest.approx(1 / 5)
+    # visited without failure evidence: no learned danger (not the prior's 1/(n+4))
+    assert d[0, 0] == 0.0 and d[0, 1] == 0.0
     assert d[2, 2] == 0.0
     mem.update([episode(FAIL, "failure", heuristics=NO_HAZARD)] * 2)
     d = mem.instance_atlas("toy", "L1").danger
@@ -46,6 +47,30 @@ def test_danger_rises_on_the_hole_after_failures_beta_smoothed():
     # with the env's hazard heuristic, max-blend: the hole is full danger
     _, dh, _, _ = mem.snapshot().view(episode_meta("toy", "L1", heuristics_3x3()))
     assert dh[1, 1] == 1.0
+
+
+def test_safe_visits_carry_no_danger_and_wash_out_old_danger():
+    mem = SkillMemory(MemoryConfig(failure_trace=0.5))
+    mem.update([episode(FAIL, "failure", heuristics=NO_HAZARD)])
+    # (0,1) is one cell before the hole: credit 0.5, visits 1 -> (0.5 + 1)/(1 + 4)
+    assert mem.instance_atlas("toy", "L1").danger[0, 1] == pytest.approx(1.5 / 5)
+    # a later batch passes (0,1) safely (twice): D_batch = 0 there, rate max(0.2, 1/2) = 0.5
+    safe = episode([(0, 0), (0, 1), (0, 2), (0, 1)], "truncated", heuristics=NO_HAZARD)
+    mem.update([safe])
+    d = mem.instance_atlas("toy", "L1").danger
+    assert d[0, 1] == pytest.approx(0.5 * 0.3)
+    assert d[0, 2] == 0.0  # visited only safely: exactly zero
+    assert d[0, 0] == pytest.approx(0.5 * (0.25 + 1) / 5)  # trace 0.5² two cells before the hole, then a safe visit
+    assert d[1, 1] == pytest.approx(0.98 * 0.4)  # unvisited: decay
+    # a level that never fails (Sokoban-like, no terminal failures): the learned danger stays 0 everywhere
+    calm = SkillMemory()
+    for _ in range(3):
+        calm.update([episode(SUCCESS, "success", heuristics=NO_HAZARD, level="S"), episode(FAIL, "truncated",
+                     heuristics=NO_HAZARD, level="S")])
+    assert calm.instance_atlas("toy", "S").danger.max() == 0.0
+    assert calm.canonical_atlas("toy").danger.max() == 0.0
+    _, dv, _, _ = calm.snapshot().view(episode_meta("toy", "S", NO_HAZARD))
+    assert dv.max() == 0.0
 
 
 def test_plain_ema_without_debias():

@@ -177,7 +177,10 @@ def update_atlas(
 ) -> Atlas:
     """One EMA step.
 
-    danger:   d̂(c) = (f + a₀)/(n + a₀ + b₀) on visited cells; D ← (1−η)D + η·d̂ there, D ← ρ·D elsewhere.
+    danger:   on visited cells D_batch(c) = (f + a₀)/(n + a₀ + b₀) where there is failure evidence (f > 0)
+              and 0 where there is none (a cell visited safely carries no learned danger: the Beta
+              prior smooths observed failure rates, it does not invent them); D ← (1−η)D + η·D_batch
+              on visited cells, D ← ρ·D elsewhere.
     affinity: A_batch(c) = σ(Σ Â_i v_i(c) / Σ v_i(c) / T) where there is group evidence; A ← (1−η)A + η·A_batch.
     With ``debias`` the rate of a cell's k-th update is max(η, 1/k) (the first update sets the value;
     bias-corrected EMA), so early evidence is not shrunk towards the initial value.
@@ -186,7 +189,7 @@ def update_atlas(
     seen = stats.visits > 0
     d_k = atlas.d_updates + seen
     rate_d = np.maximum(ema, 1.0 / np.maximum(d_k, 1)) if debias else np.full(atlas.shape, ema)
-    d_hat = (stats.failures + a0) / (stats.visits + a0 + b0)
+    d_hat = np.where(stats.failures > 0, (stats.failures + a0) / (stats.visits + a0 + b0), 0.0)
     danger = np.where(seen, (1 - rate_d) * atlas.danger + rate_d * d_hat, decay * atlas.danger)
 
     has = stats.adv_den > 0
@@ -213,9 +216,22 @@ def update_atlas(
 class EpisodeCells:
     """The cell-level facts of one episode the atlases need (env-agnostic)."""
 
-    cells: list[tuple[int, int]]  # every state cell, in order, start cell first
-    failure_credit: list[float]  # per entry of ``cells``: failure credit at that visit
+    cells: np.ndarray  # N×2 int: every state cell, in order, start cell first
+    failure_credit: np.ndarray  # N float: failure credit at each visit
     success: bool
+
+
+def _cell_array(cells: list[Any]) -> np.ndarray:
+    if not cells:
+        return np.zeros((0, 2), dtype=np.int64)
+    try:
+        arr = np.asarray(cells, dtype=np.int64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 2 or arr.shape[1] != 2:
+        bad = next((list(c) for c in cells if len(c) != 2), cells[0])
+        raise ValueError(f"a cell is [row, col]; got {bad!r}")
+    return arr
 
 
 def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: float) -> EpisodeCells:
@@ -225,31 +241,38 @@ def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: flo
     the k-th cell before it (k ≤ 2); ``ineffective_weight`` on the cell where a primitive action left
     the cell unchanged (bumping into a wall or edge) or where an invalid action stopped execution.
     """
-    cells: list[tuple[int, int]] = []
-    credit: list[float] = []
+    cur: list[Any] = []  # every visit (list slices: no per-cell Python work)
+    prev: list[Any] = []  # the cell before it (== itself for the very first cell)
+    invalid: list[int] = []  # visit index that gets the invalid-action credit
     if episode.start_cell:
-        cells.append(_cell(episode.start_cell))
-        credit.append(0.0)
+        cur.append(episode.start_cell)
+        prev.append(episode.start_cell)
     for turn in episode.turns:
-        tc = [_cell(c) for c in turn.cells]
-        if tc and not cells:
-            cells.append(tc[0])
-            credit.append(0.0)
-        for i in range(1, len(tc)):
-            cells.append(tc[i])
-            credit.append(ineffective_weight if tc[i] == tc[i - 1] else 0.0)
+        tc = turn.cells
+        if tc and not cur:
+            cur.append(tc[0])
+            prev.append(tc[0])
+        if len(tc) > 1:
+            cur.extend(tc[1:])
+            prev.extend(tc[:-1])
         metrics = turn.metrics or {}
-        if metrics.get("format_valid", True) and metrics.get("action_valid", True) is False and cells:
-            credit[-1] += ineffective_weight
-    terminal_failure = bool(
-        episode.outcome == "failure" and episode.turns and episode.turns[-1].terminated and cells
-    )
-    if terminal_failure:
+        if cur and metrics.get("format_valid", True) and metrics.get("action_valid", True) is False:
+            invalid.append(len(cur) - 1)
+    cells = _cell_array(cur)
+    n = len(cells)
+    credit = np.zeros(n, dtype=np.float64)
+    if n > 1:
+        before = _cell_array(prev)
+        same = (cells[1:] == before[1:]).all(axis=1)
+        credit[1:] = np.where(same, ineffective_weight, 0.0)
+    if invalid:
+        np.add.at(credit, np.asarray(invalid), ineffective_weight)
+    if episode.outcome == "failure" and episode.turns and episode.turns[-1].terminated and n:
         credit[-1] = 1.0
         for k in (1, 2):
-            if failure_trace > 0 and len(cells) > k:
+            if failure_trace > 0 and n > k:
                 credit[-1 - k] = max(credit[-1 - k], failure_trace**k)
-    return EpisodeCells(cells, [min(c, 1.0) for c in credit], bool(episode.success))
+    return EpisodeCells(cells, np.minimum(credit, 1.0), bool(episode.success))
 
 
 def accumulate(
@@ -262,34 +285,59 @@ def accumulate(
 
     Each group member is (episode cells, index map) where the index map sends a level cell to this
     scope's grid (None = identity). Groups whose returns do not vary carry no affinity evidence.
+    All members are flattened into one index vector and counted with ``np.bincount``.
     """
     h, w = stats.visits.shape
+    size = h * w
+    members: list[EpisodeCells] = []
+    indices: list[tuple[np.ndarray, np.ndarray] | None] = []
+    advs: list[float] = []  # NaN: the member's group carries no affinity evidence
     for group in groups:
         returns = np.array([1.0 if ec.success else 0.0 for ec, _ in group])
         std = float(returns.std()) if len(returns) else 0.0
         adv = (returns - returns.mean()) / (std + 1e-6) if std > 1e-8 else None
         for i, (ec, index) in enumerate(group):
-            if not ec.cells:
-                continue
-            cells = np.asarray(ec.cells)
-            if index is None:
-                rows, cols = cells[:, 0], cells[:, 1]
-                ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-                if not ok.all():
-                    bad = cells[~ok][0].tolist()
-                    raise ValueError(f"cell {bad} is outside the atlas grid of shape {(h, w)}")
-            else:
-                rows, cols = index[0][cells[:, 0], cells[:, 1]], index[1][cells[:, 0], cells[:, 1]]
-            np.add.at(stats.visits, (rows, cols), 1.0)
-            np.add.at(stats.failures, (rows, cols), np.asarray(ec.failure_credit))
-            if adv is not None:
-                t = len(cells)
-                weights = visit_discount ** (t - 1 - np.arange(t))
-                v = np.zeros((h, w))
-                np.add.at(v, (rows, cols), weights)
-                stats.adv_num += adv[i] * v
-                stats.adv_den += v
-                stats.adv_count += v > 0
+            if len(ec.cells):
+                members.append(ec)
+                indices.append(index)
+                advs.append(float(adv[i]) if adv is not None else float("nan"))
+    if not members:
+        return
+    lens = np.array([len(ec.cells) for ec in members])
+    cells = np.concatenate([ec.cells for ec in members])
+    member = np.repeat(np.arange(len(members)), lens)
+    rows, cols = cells[:, 0].copy(), cells[:, 1].copy()
+    if any(ix is not None for ix in indices):  # map level cells to this scope's grid, per distinct map
+        by_map: dict[int, list[int]] = {}
+        for j, ix in enumerate(indices):
+            if ix is not None:
+                by_map.setdefault(id(ix), []).append(j)
+        for js in by_map.values():
+            ix = indices[js[0]]
+            assert ix is not None
+            sel = np.isin(member, js)
+            r, c = cells[sel, 0], cells[sel, 1]
+            rows[sel], cols[sel] = ix[0][r, c], ix[1][r, c]
+    ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    if not ok.all():
+        bad = cells[~ok][0].tolist()
+        raise ValueError(f"cell {bad} is outside the atlas grid of shape {(h, w)}")
+    flat = rows * w + cols
+    stats.visits += np.bincount(flat, minlength=size).reshape(h, w)
+    credit = np.concatenate([ec.failure_credit for ec in members])
+    stats.failures += np.bincount(flat, weights=credit, minlength=size).reshape(h, w)
+    adv_m = np.asarray(advs)
+    informative = ~np.isnan(adv_m)
+    if informative.any():
+        sel = informative[member]
+        ends = np.cumsum(lens)
+        from_end = (ends[member] - 1 - np.arange(len(flat)))[sel]  # T−1−t within each member
+        disc = visit_discount**from_end
+        fa, mem = flat[sel], member[sel]
+        stats.adv_num += np.bincount(fa, weights=adv_m[mem] * disc, minlength=size).reshape(h, w)
+        stats.adv_den += np.bincount(fa, weights=disc, minlength=size).reshape(h, w)
+        pairs = np.unique(mem * size + fa)  # (episode, cell) visited at least once
+        stats.adv_count += np.bincount(pairs % size, minlength=size).reshape(h, w)
 
 
 # --------------------------------------------------------------------------- level views

@@ -39,14 +39,28 @@ def _check(img: np.ndarray) -> np.ndarray:
     return img
 
 
+_INDEX: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _sample_index(shape: tuple[int, ...], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    key = (shape[0], shape[1], h, w)
+    idx = _INDEX.get(key)
+    if idx is None:
+        rows = ((np.arange(h * _SUB) + 0.5) * shape[0] / (h * _SUB)).astype(np.intp)
+        cols = ((np.arange(w * _SUB) + 0.5) * shape[1] / (w * _SUB)).astype(np.intp)
+        if len(_INDEX) > 64:
+            _INDEX.clear()
+        idx = _INDEX[key] = (rows[:, None], cols[None, :])
+    return idx
+
+
 def _grey(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(height, width) = (size[1], size[0]) grey image: block means of a strided sample (numpy only)."""
     img = _check(img)
     w, h = size
-    rows = ((np.arange(h * _SUB) + 0.5) * img.shape[0] / (h * _SUB)).astype(np.intp)
-    cols = ((np.arange(w * _SUB) + 0.5) * img.shape[1] / (w * _SUB)).astype(np.intp)
-    sample = img.take(rows, axis=0).take(cols, axis=1).astype(np.float32) @ _GREY
-    return sample.reshape(h, _SUB, w, _SUB).mean(axis=(1, 3))
+    rows, cols = _sample_index(img.shape, h, w)
+    sample = img[rows, cols].astype(np.float32) @ _GREY
+    return sample.reshape(h, _SUB, w, _SUB).sum(axis=(1, 3)) * (1.0 / (_SUB * _SUB))
 
 
 def dhash(img: np.ndarray) -> np.ndarray:
@@ -210,11 +224,11 @@ class ExemplarBank:
             if k <= 0:
                 continue
             cands = [e for e in self.items if e.env == env and e.kind == kind]
-
-            def score(e: Exemplar) -> tuple[float, float]:
-                sim = float(q @ e.feature) if q is not None and e.feature is not None else 0.0
-                return (sim + (same_level_bonus if e.level_hash == level_hash else 0.0), e.utility(now, self.recency))
-
-            cands.sort(key=score, reverse=True)
-            out.extend(cands[:k])
+            if not cands:
+                continue
+            sim = np.array([float(q @ e.feature) if q is not None and e.feature is not None else 0.0 for e in cands])
+            sim += np.array([same_level_bonus if e.level_hash == level_hash else 0.0 for e in cands])
+            util = np.array([e.utility(now, self.recency) for e in cands])
+            order = np.lexsort((-util, -sim))  # stable: ties keep bank order, as sort(reverse=True) does
+            out.extend(cands[j] for j in order[:k])
         return out

@@ -35,7 +35,7 @@ from atlasva.memory.atlas import (
     level_view,
     update_atlas,
 )
-from atlasva.memory.exemplars import Exemplar, ExemplarBank, thumbnail
+from atlasva.memory.exemplars import Exemplar, ExemplarBank, feature, thumbnail
 from atlasva.memory.render import LEGEND, OVERLAY_LEGEND, atlas_colors, atlas_image, overlay, panel, upsample
 from atlasva.memory.shaping import default_lambda, potential_grid, turn_shaping
 from atlasva.memory.skills import SkillMiner
@@ -182,6 +182,13 @@ class MemorySnapshot:
         self._geometry: dict[tuple[str, str], LevelGeometry | None] = {}
         self._views: dict[tuple[str, str], tuple[LevelGeometry, np.ndarray, np.ndarray, np.ndarray] | None] = {}
         self._base_images: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+        # inject caches (a snapshot is frozen, so these never go stale): the atlas image per
+        # (level, agent cell), the overlay tint per (level, frame shape), the exemplar retrieval
+        # matrices per env, the finished prefix (text, memory images) per (level, cell, exemplars)
+        self._atlas_images: dict[tuple[str, str, tuple[int, int] | None], np.ndarray] = {}
+        self._tints: dict[tuple[str, str, tuple[int, ...]], np.ndarray] = {}
+        self._retrieval: dict[str, dict[str, tuple[list[Exemplar], np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._prefixes: dict[tuple[Any, ...], tuple[str, tuple[np.ndarray, ...]]] = {}
 
     def _geom(self, env: str, level: str, heuristics: dict[str, Any]) -> LevelGeometry | None:
         key = (env, level)
@@ -249,38 +256,104 @@ class MemorySnapshot:
         if not cfg.enable or (turn > 0 and not cfg.inject_every_turn):
             return text, images
         env, level, _, cell = _read_meta(episode_meta)
-        parts: list[str] = []
-        mem_images: list[np.ndarray] = []
+        key = (env, level)
+        agent = (int(cell[0]), int(cell[1])) if cell is not None and len(cell) == 2 else None
         frame = images[0] if images else None
-        if cfg.inject_atlas:
-            v = self.view(episode_meta)
-            if v is not None:
-                geom, d, a, _ = v
-                if cfg.overlay and images:
-                    images[0] = overlay(images[0], d, a, cfg.overlay_alpha)
-                    parts.append(OVERLAY_LEGEND)
-                else:
-                    key = (env, level)
-                    if key not in self._base_images:
-                        self._base_images[key] = upsample(atlas_colors(d, a), cfg.atlas_size)
-                    mem_images.append(atlas_image(d, a, cell, geom.goals, base=self._base_images[key]))
-                    parts.append(LEGEND)
+        view = self.view(episode_meta) if cfg.inject_atlas else None
+        tinted = bool(cfg.inject_atlas and view is not None and cfg.overlay and images)
+        if tinted:
+            images[0] = self._overlay(key, images[0], view)  # type: ignore[arg-type]
+        picked: tuple[Exemplar, ...] = ()
         if cfg.inject_exemplars and (cfg.k_failure or cfg.k_success):
-            for ex in self._exemplars.retrieve(env, frame, level, cfg.k_failure, cfg.k_success, self.version):
+            picked = tuple(self._retrieve(env, frame, level))
+        pkey = (env, level, agent, tinted, view is not None, tuple(id(e) for e in picked))
+        cached = self._prefixes.get(pkey)
+        if cached is None:
+            parts: list[str] = []
+            mem_images: list[np.ndarray] = []
+            if view is not None:
+                if tinted:
+                    parts.append(OVERLAY_LEGEND)
+                elif not cfg.overlay or not images:
+                    mem_images.append(self._atlas_image(key, view, agent))
+                    parts.append(LEGEND)
+            for ex in picked:
                 caption = ex.caption().replace(IMAGE_PLACEHOLDER, "")
                 if ex.image is not None:
                     parts.append(f"Example {IMAGE_PLACEHOLDER}: {caption}.")
                     mem_images.append(ex.image)
                 else:
                     parts.append(f"Example: {caption}.")
-        if cfg.inject_skills:
-            lines = [s.replace(IMAGE_PLACEHOLDER, "") for s in self._skills.get(env, [])]
-            if lines:
-                parts.append("Skills from experience:")
-                parts.extend("- " + s for s in lines)
-        if not parts:
+            if cfg.inject_skills:
+                lines = [s.replace(IMAGE_PLACEHOLDER, "") for s in self._skills.get(env, [])]
+                if lines:
+                    parts.append("Skills from experience:")
+                    parts.extend("- " + s for s in lines)
+            cached = ("\n".join(parts) + "\n" if parts else "", tuple(mem_images))
+            if len(self._prefixes) > 8192:
+                self._prefixes.clear()
+            self._prefixes[pkey] = cached
+        prefix, mem = cached
+        if not prefix:
             return text, images
-        return "\n".join(parts) + "\n" + text, mem_images + images
+        return prefix + text, list(mem) + images
+
+    def _atlas_image(self, key: tuple[str, str], view: Any, agent: tuple[int, int] | None) -> np.ndarray:
+        """The injected map for one level and agent cell, drawn once per snapshot (read-only array)."""
+        ikey = (key[0], key[1], agent)
+        img = self._atlas_images.get(ikey)
+        if img is None:
+            geom, d, a, _ = view
+            if key not in self._base_images:
+                self._base_images[key] = upsample(atlas_colors(d, a), self.config.atlas_size)
+            img = atlas_image(d, a, agent, geom.goals, base=self._base_images[key])
+            img.setflags(write=False)
+            if len(self._atlas_images) > 8192:
+                self._atlas_images.clear()
+            self._atlas_images[ikey] = img
+        return img
+
+    def _overlay(self, key: tuple[str, str], frame: np.ndarray, view: Any) -> np.ndarray:
+        _, d, a, _ = view
+        frame = np.asarray(frame)
+        tkey = (key[0], key[1], frame.shape)
+        tint = self._tints.get(tkey)
+        if tint is None:
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                return overlay(frame, d, a, self.config.overlay_alpha)  # raises the clear error
+            colors = atlas_colors(d, a)
+            rows = ((np.arange(frame.shape[0]) + 0.5) * d.shape[0] / frame.shape[0]).astype(np.intp)[:, None]
+            cols = ((np.arange(frame.shape[1]) + 0.5) * d.shape[1] / frame.shape[1]).astype(np.intp)[None, :]
+            tint = self._tints[tkey] = self.config.overlay_alpha * colors[rows, cols].astype(np.float32)
+        out = (1 - self.config.overlay_alpha) * frame.astype(np.float32) + tint
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+    def _retrieve(self, env: str, frame: np.ndarray | None, level: str) -> list[Exemplar]:
+        """ExemplarBank.retrieve with the bank's features stacked once per snapshot (one matmul)."""
+        cfg = self.config
+        per_kind = self._retrieval.get(env)
+        if per_kind is None:
+            per_kind = {}
+            for kind in ("failure", "success"):
+                cands = [e for e in self._exemplars.items if e.env == env and e.kind == kind]
+                feats = np.stack([e.feature if e.feature is not None else np.zeros(256, np.float32) for e in cands]) \
+                    if cands else np.zeros((0, 256), np.float32)
+                has = np.array([e.feature is not None for e in cands], dtype=bool)
+                util = np.array([e.utility(self.version, self._exemplars.recency) for e in cands])
+                per_kind[kind] = (cands, feats, has, util)
+            self._retrieval[env] = per_kind
+        q = feature(frame) if frame is not None else None
+        out: list[Exemplar] = []
+        for kind, k in (("failure", cfg.k_failure), ("success", cfg.k_success)):
+            cands, feats, has, util = per_kind[kind]
+            if k <= 0 or not cands:
+                continue
+            sim = np.where(has, feats @ q, 0.0).astype(np.float64) if q is not None and len(q) == feats.shape[1] \
+                else np.zeros(len(cands))
+            sim += np.array([0.25 if e.level_hash == level else 0.0 for e in cands])
+            order = np.lexsort((-util, -sim))
+            out.extend(cands[j] for j in order[:k])
+        return out
 
 
 # --------------------------------------------------------------------------- memory
@@ -372,7 +445,7 @@ class SkillMemory:
         if cfg.exemplars:
             self._update_exemplars(eps, level_groups, now)
         if cfg.skills:
-            self.miner.update([(ep.env_name, self.miner.events(ep, g)) for ep, g in zip(eps, geoms) if g is not None])
+            self.miner.update([(ep.env_name, self.miner.counts(ep, g)) for ep, g in zip(eps, geoms) if g is not None])
         seen_env: set[str] = set()
         for ep in reversed(eps):  # the panel's reference observation: the batch's last episode per env
             if ep.env_name not in seen_env and ep.turns and ep.turns[0].frames:

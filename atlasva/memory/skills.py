@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from atlasva.memory.atlas import LevelGeometry
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
@@ -49,6 +51,31 @@ def tile_ahead(geom: LevelGeometry, cell: tuple[int, int], action: str) -> str |
     if geom.deadlock[r, c]:
         return "deadlock"
     return "free"
+
+
+TILES = ("free", "deadlock", "goal", "hazard", "edge")
+_DIR_ORDER = tuple(DIRECTIONS)
+_ACTION_DIR: dict[str, int] = {}  # action string -> index into _DIR_ORDER (-1: not a grid move)
+
+
+def tile_table(geom: LevelGeometry) -> np.ndarray:
+    """4×H×W codes (index into ``TILES``) of what lies ahead of each cell per direction (cached)."""
+    cached = geom._cache.get("tiles_ahead")
+    if cached is not None:
+        return cached
+    h, w = geom.shape
+    code = np.zeros((h + 2, w + 2), dtype=np.int64)  # padded: the border is the edge
+    code[:] = TILES.index("edge")
+    inner = np.zeros((h, w), dtype=np.int64)  # priority as tile_ahead: hazard > goal > deadlock > free
+    inner[geom.deadlock] = TILES.index("deadlock")
+    for r, c in geom.goals:
+        if 0 <= r < h and 0 <= c < w:
+            inner[r, c] = TILES.index("goal")
+    inner[geom.hazard] = TILES.index("hazard")
+    code[1:-1, 1:-1] = inner
+    table = np.stack([code[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr, dc in DIRECTIONS.values()])
+    geom._cache["tiles_ahead"] = table
+    return table
 
 
 def _thing(tile: str, env: str) -> str:
@@ -116,17 +143,59 @@ class SkillMiner:
                 out.append((tile, action, failed, bool(episode.success)))
         return out
 
-    def update(self, batch: list[tuple[str, list[tuple[str, str, bool, bool]]]]) -> None:
-        """``batch``: (env, events) per episode. Count, vote on existing rules, then mine new ones."""
+    @staticmethod
+    def counts(episode: Any, geom: LevelGeometry) -> dict[tuple[str, str], list[float]]:
+        """The events of ``episode`` already counted: (tile, action) -> [N, failures, success-path]
+        (numpy over all moves at once; same numbers as counting :meth:`events`)."""
+        table = geom._cache.get("tiles_ahead_list")
+        if table is None:
+            table = geom._cache["tiles_ahead_list"] = tile_table(geom).tolist()
+        h, w = geom.shape
+        dirs = _ACTION_DIR
+        out: dict[tuple[str, str], list[float]] = {}
+        succ = 1.0 if episode.success else 0.0
+        n_turns = len(episode.turns)
+        # plain Python per move: episodes are short, and this is cheaper than a dozen numpy calls each
+        for ti, turn in enumerate(episode.turns):
+            cells, actions = turn.cells, turn.actions
+            n = min(len(actions), len(cells) - 1)
+            fatal_last = ti == n_turns - 1 and n == len(actions) and turn.terminated and episode.outcome == "failure"
+            for ai in range(n):
+                action = actions[ai]
+                d = dirs.get(action)
+                if d is None:
+                    d = dirs[action] = _DIR_ORDER.index(action.strip().lower()) \
+                        if action.strip().lower() in DIRECTIONS else -1
+                if d < 0:
+                    continue
+                a, b = cells[ai], cells[ai + 1]
+                r, c = int(a[0]), int(a[1])
+                tile = TILES[table[d][min(max(r, 0), h - 1)][min(max(c, 0), w - 1)]]
+                failed = (fatal_last and ai == n - 1) or (r == int(b[0]) and c == int(b[1]))
+                v = out.get((tile, action))
+                if v is None:
+                    v = out[(tile, action)] = [0.0, 0.0, 0.0]
+                v[0] += 1.0
+                v[1] += failed
+                v[2] += succ
+        return out
+
+    def update(self, batch: list[tuple[str, Any]]) -> None:
+        """``batch``: (env, events) per episode — a list of :meth:`events` tuples or the dict of
+        :meth:`counts`. Count, vote on existing rules, then mine new ones."""
         batch_counts: dict[tuple[str, str, str], list[float]] = {}
         for env, events in batch:
-            for tile, action, failed, success in events:
-                k = (env, tile, action)
+            if isinstance(events, dict):
+                items = [((env, tile, action), v) for (tile, action), v in events.items()]
+            else:
+                items = [((env, tile, action), (1.0, float(failed), float(success)))
+                         for tile, action, failed, success in events]
+            for k, (n, f, sc) in items:
                 for table in (self.stats, batch_counts):
                     s = table.setdefault(k, [0.0, 0.0, 0.0])
-                    s[0] += 1
-                    s[1] += failed
-                    s[2] += success
+                    s[0] += n
+                    s[1] += f
+                    s[2] += sc
         kept: list[Rule] = []
         for rule in self.rules:
             k = (rule.env, rule.tile, rule.action)
