@@ -127,9 +127,7 @@ def cmd_baselines(argv: list[str]) -> int:
     from atlasva.config import load_config, to_dict, to_yaml
     from atlasva.eval.baselines import BaselinesConfig, format_table, run_baselines
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config:  # no config name, only overrides
-        overrides, config = [config, *overrides], None
+    config, overrides = _config_and_overrides(args)
     cfg, name = load_config(BaselinesConfig, config, overrides)
     if args.print_config:
         print(to_yaml(cfg))
@@ -142,6 +140,46 @@ def cmd_baselines(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- main
 
+def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config:  # no config name, only overrides
+        overrides, config = [config, *overrides], None
+    return config, overrides
+
+
+def cmd_train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="atlasva train", description="SFT warm start + RL (PPO/GRPO) with the memory.")
+    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path (default: built-in)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=50 memory.enable=false")
+    p.add_argument("--print-config", action="store_true", help="show every key with its value and exit")
+    args = p.parse_args(argv)
+    from atlasva.config import load_config, to_yaml
+    from atlasva.train import TrainConfig, Trainer
+    from atlasva.train.trainer import format_summary_table
+
+    config, overrides = _config_and_overrides(args)
+    cfg, name = load_config(TrainConfig, config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    summary = Trainer(cfg, name).train()
+    print(format_summary_table(summary))
+    print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from atlasva.eval.run_eval import eval_main
+
+    return eval_main(argv)
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    from atlasva.eval.inspect import inspect_main
+
+    return inspect_main(argv)
+
+
 def cmd_serve(argv: list[str]) -> int:
     try:
         from atlasva.serve.server import serve_main
@@ -153,6 +191,9 @@ def cmd_serve(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "envs": ("list, show and play environments", cmd_envs),
     "baselines": ("evaluate solver and random agents on held-out levels", cmd_baselines),
+    "train": ("train a policy: SFT warm start + RL with the memory", cmd_train),
+    "eval": ("evaluate a checkpoint or an OpenAI-compatible served model on held-out levels", cmd_eval),
+    "inspect": ("token-level view of a training episode: masks, turn ends, advantages", cmd_inspect),
     "serve": ("run the HTTP environment service", cmd_serve),
 }
 

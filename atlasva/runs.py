@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -180,8 +180,16 @@ class RunFolder:
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
 
-    def save_checkpoint(self, step: int, tensors: Mapping[str, Any], state: Mapping[str, Any], keep: int = 2) -> Path:
-        """Write ``checkpoints/step-N/{tensors.safetensors,state.json}`` atomically (temp dir + rename)."""
+    def save_checkpoint(
+        self,
+        step: int,
+        tensors: Mapping[str, Any],
+        state: Mapping[str, Any],
+        keep: int = 2,
+        extra: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write ``checkpoints/step-N/{tensors.safetensors,state.json}`` atomically (temp dir + rename).
+        ``extra(tmp_dir)`` may write more files (e.g. the memory) into the checkpoint before the rename."""
         from safetensors.numpy import save_file as save_np
 
         self.checkpoint_dir.mkdir(exist_ok=True)
@@ -192,6 +200,8 @@ class RunFolder:
         tmp.mkdir()
         arrays = {k: _to_numpy(v) for k, v in tensors.items()}
         save_np(arrays, str(tmp / "tensors.safetensors"))
+        if extra is not None:
+            extra(tmp)
         (tmp / "state.json").write_text(json.dumps({"step": int(step), **state}, default=_json_default))
         if final.exists():
             shutil.rmtree(final)

@@ -265,7 +265,7 @@ class AtlasEnv(gym.Env, ABC):
         post_state = self.state()
 
         if not parsed.format_valid:
-            format_r = -self.format_penalty
+            format_r = -self.format_penalty if self.format_penalty else 0.0
         else:
             format_r = self.format_reward if executed else 0.0
         wm = 0.0

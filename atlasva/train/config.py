@@ -1,0 +1,105 @@
+"""The training config: one dataclass tree, loaded from ``configs/<name>.yaml`` with dotted overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlasva.eval.baselines import RunConfig
+from atlasva.memory import MemoryConfig
+from atlasva.policy.config import PolicyConfig
+from atlasva.rollout.loop import RolloutConfig
+
+ESTIMATORS = ("gae", "bi_level_gae", "turn_gae", "grpo", "turn_grpo")
+CRITIC_ESTIMATORS = ("gae", "bi_level_gae", "turn_gae")
+STAGES = ("untrained", "sft", "rl")
+
+
+@dataclass
+class EnvSection:
+    spec: str = "frozenlake"  # configs/envs/<spec>.yaml (env name, config, splits)
+    config: dict[str, Any] = field(default_factory=dict)  # overrides of the spec's env config
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: str = "bi_level_gae"  # gae | bi_level_gae | turn_gae | grpo | turn_grpo
+    gamma_turn: float = 0.95  # also the γ of the memory's shaping term
+    gamma_token: float = 1.0
+    lam: float = 1.0
+    whiten: bool = True  # masked whitening of GAE advantages
+    norm_by_std: bool = True  # GRPO
+    clip_ratio: float = 0.2
+    clip_ratio_c: float = 0.0  # > 1 turns on dual-clip
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    kl_coef: float = 0.0  # KL to the reference (the policy at the start of RL)
+    kl_kind: str = "k3"
+    entropy_coef: float = 0.0
+    loss_agg: str = "token-mean"
+    filter_top_p: float = 1.0  # reward-variance group filter (1 = off)
+
+
+@dataclass
+class TrainerSection:
+    steps: int = 20
+    levels_per_step: int = 16
+    group_size: int = 1  # episodes per level per step (GRPO needs > 1)
+    lr: float = 5e-4
+    ppo_epochs: int = 2
+    minibatch_size: int = 16
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    save_every: int = 5
+    val_every: int = 0  # validation on held-out levels during RL (0 = off)
+    val_episodes: int = 32
+    seed: int = 0
+    wandb: bool = False  # also log to Weights & Biases (needs `wandb`; offline mode is fine)
+    inspect_every: int = 5  # dump a few episodes' tokens for `atlasva inspect` (0 = off; the first step always)
+
+
+@dataclass
+class SFTSection:
+    enable: bool = True
+    levels: int = 200  # solver demonstrations from this many training levels
+    epochs: int = 2
+    lr: float = 2e-3
+    batch_size: int = 16
+
+
+@dataclass
+class EvalSection:
+    episodes: int = 200  # held-out episodes per stage
+    split: str = "validation"
+    stages: list[str] = field(default_factory=lambda: ["untrained", "sft", "rl"])
+    batch_size: int = 64
+
+
+@dataclass
+class TrainConfig:
+    env: EnvSection = field(default_factory=EnvSection)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        a = self.algorithm
+        if a.estimator not in ESTIMATORS:
+            raise ValueError(f"algorithm.estimator={a.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
+        if a.estimator == "turn_gae" and self.rollout.concat:
+            raise ValueError("algorithm.estimator=turn_gae works on one sample per turn: set rollout.concat=false")
+        if a.estimator in ("bi_level_gae", "turn_grpo") and not self.rollout.concat:
+            raise ValueError(f"algorithm.estimator={a.estimator} needs whole episodes: set rollout.concat=true")
+        if a.estimator in ("grpo", "turn_grpo") and self.trainer.group_size < 2:
+            raise ValueError(f"{a.estimator} compares episodes of one level: set trainer.group_size >= 2")
+        for s in self.eval.stages:
+            if s not in STAGES:
+                raise ValueError(f"eval.stages holds {s!r}; accepted: {', '.join(STAGES)}")
+        if self.policy.backend != "hf":
+            raise ValueError("training needs a local model: policy.backend must be 'hf'")

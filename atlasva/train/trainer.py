@@ -1,0 +1,305 @@
+"""The trainer: untrained evaluation → SFT warm start → RL (PPO or GRPO) with the memory → evaluation.
+
+Everything goes to the run folder: resolved config, metrics (JSONL + TensorBoard), atomic
+checkpoints (model, optimiser, RNG, memory, step and stage), PNG curves and memory panels,
+per-episode JSONL, ``summary.json``, and the trained policy as a plain Hugging Face folder.
+The same command resumes from the last checkpoint after a kill: completed steps are not repeated
+and none is lost (metrics past the checkpoint are dropped and the steps redone, deterministically).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from atlasva.config import to_dict
+from atlasva.envs.pool import InProcessEnvPool
+from atlasva.envs.registry import load_spec
+from atlasva.eval.evaluate import evaluate_policy
+from atlasva.eval.inspect import dump_step
+from atlasva.memory import SkillMemory
+from atlasva.policy import Policy
+from atlasva.rl import reward_variance_filter
+from atlasva.rollout.loop import AgentLoop, EpisodeRequest
+from atlasva.runs import RunFolder
+from atlasva.train.config import CRITIC_ESTIMATORS, TrainConfig
+from atlasva.train.ppo import build_batch, compute_advantages, ppo_update
+from atlasva.train.sft import build_demos, train_sft
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, name: str = "train") -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.name = name
+        self.t0 = time.time()
+        self.run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume)
+        if cfg.policy.model.cpu_threads:
+            torch.set_num_threads(int(cfg.policy.model.cpu_threads))
+        torch.manual_seed(cfg.trainer.seed)
+        pcfg = copy.deepcopy(cfg.policy)
+        pcfg.model.value_head = cfg.algorithm.estimator in CRITIC_ESTIMATORS
+        self.policy = Policy.from_config(pcfg, init_dir=self.run.path / "policy-init")
+        self.spec = load_spec(cfg.env.spec)
+        self.env_name = self.spec.env
+        self.env_config = {**self.spec.config, **cfg.env.config}
+        n_train = cfg.sft.levels * int(cfg.sft.enable) + cfg.trainer.steps * cfg.trainer.levels_per_step
+        train_seeds = self.spec.seeds("train", max(1, n_train))
+        self.sft_seeds = train_seeds[: cfg.sft.levels] if cfg.sft.enable else []
+        self.rl_seeds = train_seeds[len(self.sft_seeds) :]
+        self.val_seeds = self.spec.seeds(cfg.eval.split, cfg.eval.episodes)
+        self.memory = SkillMemory(cfg.memory)
+        self.optimizer = torch.optim.AdamW(self.policy.model.trainable_parameters(), lr=cfg.trainer.lr)
+        self.ref_model = None
+        self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0}
+        self.pool = InProcessEnvPool()
+        self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.algorithm.gamma_turn)
+        self._wandb = None
+        self._resume()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        out = {f"model/{k}": v for k, v in self.policy.model.base.state_dict().items()}
+        if self.policy.model.value_head is not None:
+            out.update({f"value_head/{k}": v for k, v in self.policy.model.value_head.state_dict().items()})
+        return out
+
+    def save(self) -> Path:
+        tensors = self._model_state()
+        opt = self.optimizer.state_dict()
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"optim/{idx}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng/torch"] = torch.get_rng_state()
+        state = {
+            **self.state,
+            "wall_time_s": self.state["wall_time_s"] + (time.time() - self.t0),
+            "optim_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
+        }
+        self.t0 = time.time()
+        self.state["wall_time_s"] = state["wall_time_s"]
+        return self.run.save_checkpoint(self._ckpt_index(), tensors, state, extra=lambda d: self.memory.save(d / "memory"))
+
+    def _ckpt_index(self) -> int:
+        # monotonically increasing across stages: stage rank * 1e6 + RL step
+        return _STAGE_ORDER[self.state["stage"]] * 1_000_000 + int(self.state["rl_step"])
+
+    def _resume(self) -> None:
+        if not self.cfg.run.resume:
+            return
+        loaded = self.run.load_checkpoint()
+        if loaded is None:
+            return
+        tensors, state = loaded
+        model_sd = {k[len("model/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("model/")}
+        self.policy.model.base.load_state_dict(model_sd, strict=True)
+        if self.policy.model.value_head is not None:
+            vh = {k[len("value_head/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("value_head/")}
+            self.policy.model.value_head.load_state_dict(vh, strict=True)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, idx, name = k.split("/", 2)
+                opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v.copy())
+        groups = self.optimizer.state_dict()["param_groups"]
+        for g, saved in zip(groups, state.get("optim_param_groups", [])):
+            g.update(saved)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
+        ckpts = self.run.checkpoints()
+        mem_dir = ckpts[-1] / "memory"
+        if mem_dir.exists():
+            self.memory = SkillMemory.load(mem_dir)
+        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s")}
+        self.run.truncate_metrics(int(self.state["rl_step"]))
+        print(f"resumed from {ckpts[-1].name}: stage {self.state['stage']}, RL step {self.state['rl_step']}")
+
+    # ------------------------------------------------------------------ stages
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.run.log_metrics(step, metrics)
+        if self.cfg.trainer.wandb:
+            if self._wandb is None:
+                try:
+                    import wandb
+                except ImportError as exc:
+                    raise RuntimeError("trainer.wandb=true needs the `wandb` package (pip install wandb)") from exc
+                self._wandb = wandb.init(project="atlasva", name=self.run.path.name, config=to_dict(self.cfg))
+            self._wandb.log(metrics, step=step)
+
+    def evaluate(self, stage: str) -> dict[str, Any]:
+        snap = self.memory.snapshot() if self.cfg.memory.enable else None
+        episodes, summary = evaluate_policy(
+            self.policy, self.env_name, self.val_seeds, env_config=self.env_config, rollout=self.cfg.rollout,
+            snapshot=snap, batch_size=self.cfg.eval.batch_size, temperature=0.0, desc=f"eval {stage}",
+        )
+        self.run.write_episodes(stage, [e.summary_record() for e in episodes])
+        self.state["evals"][stage] = summary
+        print(f"[{stage}] success {summary['success_rate']:.3f} "
+              f"(95% CI {summary['success_ci95'][0]:.3f}-{summary['success_ci95'][1]:.3f}), "
+              f"turns {summary['mean_turns']:.2f}, format-valid {summary['format_valid_rate']:.2f}")
+        return summary
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        stages = cfg.eval.stages
+        if self.state["stage"] == "start":
+            if "untrained" in stages:
+                self.evaluate("untrained")
+            self.state["stage"] = "untrained_done"
+            self.save()
+        if self.state["stage"] == "untrained_done":
+            if cfg.sft.enable:
+                snap = self.memory.snapshot() if cfg.memory.enable else None
+                demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds,
+                                    max_turns=cfg.rollout.max_turns, snapshot=snap)
+                sft_stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
+                                      batch_size=cfg.sft.batch_size, seed=cfg.trainer.seed)
+                print(f"[sft] {int(sft_stats['sft/demos'])} demonstration turns, final loss {sft_stats['sft/final_loss']:.3f}")
+                if "sft" in stages:
+                    self.evaluate("sft")
+            self.state["stage"] = "rl"
+            self.save()
+        if self.state["stage"] == "rl":
+            self._rl_loop()
+            if "rl" in stages:
+                self.evaluate("rl")
+            self.state["stage"] = "done"
+            self.save()
+        return self.finish()
+
+    def _rl_loop(self) -> None:
+        cfg, tc = self.cfg, self.cfg.trainer
+        if cfg.algorithm.kl_coef > 0:
+            self.ref_model = copy.deepcopy(self.policy.model)
+            self.ref_model.eval()
+        sampling = copy.deepcopy(self.policy.config.sampling)
+        sampling.temperature = tc.temperature
+        bar = tqdm(total=tc.steps, initial=self.state["rl_step"], desc="rl", unit="step", disable=None)
+        recent: list[float] = []
+        while self.state["rl_step"] < tc.steps:
+            step = self.state["rl_step"]
+            t_step = time.perf_counter()
+            seeds = self.rl_seeds[step * tc.levels_per_step : (step + 1) * tc.levels_per_step]
+            reqs = [EpisodeRequest(self.env_name, s, dict(self.env_config), group_id=f"{step}-{s}")
+                    for s in seeds for _ in range(tc.group_size)]
+            snap = self.memory.snapshot() if cfg.memory.enable else None
+            self.policy.model.eval()
+            result = self.loop.run(reqs, snap, seed=tc.seed * 100_003 + step, sampling=sampling)
+            if cfg.memory.enable:
+                self.memory.update(result.episodes)
+            batch = build_batch(result)
+            values = None
+            if self.policy.model.value_head is not None:
+                with torch.no_grad():
+                    values = self.policy.model.score(batch.encoded, positions=batch.loss_mask.bool(),
+                                                     with_values=True, temperature=tc.temperature).values
+                    width = batch.loss_mask.shape[1]
+                    values = values[:, :width] * batch.loss_mask
+            adv, returns, value_mask = compute_advantages(batch, values, result, cfg.algorithm)
+            if tc.inspect_every and (step == 0 or (step + 1) % tc.inspect_every == 0):
+                dump_step(self.run.path, step + 1, batch, adv, values, result, self.policy.processor)
+            keep, scale = None, 1.0
+            if cfg.algorithm.filter_top_p < 1.0:
+                scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
+                filt = reward_variance_filter(scores, batch.group_ids, top_p=cfg.algorithm.filter_top_p,
+                                              traj_ids=None if cfg.rollout.concat else batch.episode_index)
+                keep, scale = filt.kept_indices, filt.scale
+            rng = np.random.default_rng([tc.seed, step])
+            upd = ppo_update(self.policy, self.optimizer, batch, adv, returns, values, value_mask, cfg.algorithm,
+                             epochs=tc.ppo_epochs, minibatch_size=tc.minibatch_size, grad_accum=tc.grad_accum,
+                             max_grad_norm=tc.max_grad_norm, temperature=tc.temperature, rng=rng,
+                             ref_model=self.ref_model, keep=keep, scale=scale)
+            eps = result.episodes
+            success = float(np.mean([e.success for e in eps]))
+            recent = (recent + [success])[-5:]
+            metrics = {
+                "train/success_rate": success,
+                "train/reward": float(np.mean([e.total_reward for e in eps])),
+                "train/env_reward": float(np.mean([sum(t.rewards["env"] for t in e.turns) for e in eps])),
+                "train/shaping": float(np.mean([sum(t.rewards.get("shaping", 0.0) for t in e.turns) for e in eps])),
+                "train/format_valid": float(np.mean([e.format_valid_rate() for e in eps])),
+                "train/turns": float(np.mean([e.n_turns for e in eps])),
+                "train/adv_abs_mean": float((adv.abs() * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
+                "memory/version": float(self.memory.version if hasattr(self.memory, "version") else -1),
+                "time/step_s": time.perf_counter() - t_step,
+                **result.stats,
+                **upd,
+            }
+            if tc.val_every and (step + 1) % tc.val_every == 0:
+                snap = self.memory.snapshot() if cfg.memory.enable else None
+                _, val = evaluate_policy(self.policy, self.env_name, self.val_seeds[: tc.val_episodes],
+                                         env_config=self.env_config, rollout=cfg.rollout, snapshot=snap,
+                                         temperature=0.0, desc="val")
+                metrics["val/success_rate"] = val["success_rate"]
+            self.state["rl_step"] = step + 1
+            self.log(step + 1, metrics)
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean(recent):.2f}", refresh=True)
+            if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
+                self.save()
+        bar.close()
+
+    def finish(self) -> dict[str, Any]:
+        policy_dir = self.run.path / "policy"
+        if not policy_dir.exists():
+            self.policy.save_pretrained(policy_dir)
+        if self.cfg.memory.enable:
+            try:
+                self.memory.render_png(self.run.path / "memory.png")
+            except ValueError:
+                pass  # nothing learned yet (e.g. steps=0)
+        plot_curves(self.run)
+        wall = self.state["wall_time_s"]
+        summary = self.run.write_summary(self.state["evals"], wall_time_s=wall, env=self.env_name,
+                                         config=self.name, rl_steps=self.state["rl_step"])
+        self.run.close()
+        summary["run_dir"] = str(self.run.path)
+        return summary
+
+
+_STAGE_ORDER = {"start": 0, "untrained_done": 1, "rl": 2, "done": 3}
+
+
+def plot_curves(run: RunFolder) -> Path | None:
+    rows = run.read_metrics()
+    keys = ["train/success_rate", "train/reward", "train/format_valid", "rl/pg_loss"]
+    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
+    if not any(series.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
+    for ax, k in zip(axes, keys):
+        if series[k]:
+            xs, ys = zip(*series[k])
+            ax.plot(xs, ys, marker=".")
+        ax.set_title(k)
+        ax.set_xlabel("RL step")
+    fig.tight_layout()
+    path = run.path / "curves.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def format_summary_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'stage':<10} {'episodes':>8} {'success':>8} {'95% CI':>15} {'turns':>6} {'format':>7}"]
+    for stage, s in summary["eval"].items():
+        lo, hi = s["success_ci95"]
+        lines.append(f"{stage:<10} {s['episodes']:>8} {s['success_rate']:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} "
+                     f"{s['mean_turns']:>6.2f} {s['format_valid_rate']:>7.2f}")
+    return "\n".join(lines)
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
