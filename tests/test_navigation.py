@@ -232,3 +232,103 @@ def test_byte_identical_images_across_processes():
     o2 = env.step("<think>.</think><answer>turn_left | move_forward | look_down</answer>")[0]
     outs.add(i["level_hash"] + " " + hashlib.sha256(o["images"][0].tobytes() + o2["images"][0].tobytes()).hexdigest())
     assert len(outs) == 1
+
+
+# --------------------------------------------------------------------------- raycaster
+
+
+def _reference_cast(rc, x, z, heading_deg):
+    """Plain per-column DDA (one grid step at a time): distance (m), z side, room in front, per column."""
+    a = np.radians(heading_deg)
+    out = []
+    for t in rc.t:
+        rx, rz = np.sin(a) + np.cos(a) * t, -np.cos(a) + np.sin(a) * t
+        rx, rz = (rx if abs(rx) >= 1e-9 else 1e-9), (rz if abs(rz) >= 1e-9 else 1e-9)
+        px, pz = x / rc.cell, z / rc.cell
+        mx, mz = int(np.floor(px)), int(np.floor(pz))
+        sx, sz = (1 if rx > 0 else -1), (1 if rz > 0 else -1)
+        dx, dz = abs(1 / rx), abs(1 / rz)
+        side_x = ((mx + 1 - px) if rx > 0 else (px - mx)) * dx
+        side_z = ((mz + 1 - pz) if rz > 0 else (pz - mz)) * dz
+        while True:
+            if side_x < side_z:
+                mx, side_x, zside = mx + sx, side_x + dx, False
+            else:
+                mz, side_z, zside = mz + sz, side_z + dz, True
+            if rc.wall[mz, mx]:
+                break
+        perp = (side_z - dz) if zside else (side_x - dx)
+        front = (mz - sz, mx) if zside else (mz, mx - sx)
+        out.append((perp * rc.cell, zside, rc.room_idx[front]))
+    dist, zside, room = zip(*out)
+    return np.array(dist), np.array(zside), np.array(room)
+
+
+def test_raycaster_cast_matches_a_step_by_step_dda():
+    from atlasva.envs.navigation import Raycaster
+
+    rng = np.random.default_rng(0)
+    for seed in (0, 5):
+        sc = generate_scene(seed, "base")
+        rc = Raycaster(sc, 96, 64, fov_deg=80.0)
+        free = np.argwhere(~sc.blocked)
+        for i in range(40):
+            r, c = free[rng.integers(len(free))]
+            if i % 2:  # the env's poses: cell centres, quarter turns
+                (x, z), h = sc.centre(int(r), int(c)), 90.0 * int(rng.integers(4))
+            else:  # anywhere in a free cell, any heading
+                x, z, h = (c + rng.uniform(0.05, 0.95)) * sc.cell_m, (r + rng.uniform(0.05, 0.95)) * sc.cell_m, rng.uniform(0, 360)
+            dist, zside, u, room = rc.cast(x, z, h)
+            ref_dist, ref_zside, ref_room = _reference_cast(rc, x, z, h)
+            assert np.allclose(dist, ref_dist, rtol=1e-9, atol=1e-12)
+            assert np.array_equal(zside, ref_zside) and np.array_equal(room, ref_room)
+            assert ((u >= 0) & (u < 1)).all()
+
+
+def test_raycaster_frames_do_not_depend_on_what_was_rendered_before():
+    from atlasva.envs.navigation import Raycaster
+    from atlasva.envs.navigation.render import _rgb_fast, _rgb_safe
+
+    sc = generate_scene(2, "visual_appearance")
+    free = np.argwhere(~sc.blocked)
+    poses = [(*sc.centre(int(r), int(c)), 90.0 * h, p) for r, c in free[::7] for h in range(4) for p in (-30.0, 0.0, 30.0)]
+    poses += [(p[0] + 0.13, p[1] - 0.07, p[2] + 17.0, 10.0) for p in poses[:12]]  # off-grid poses too
+    warm = Raycaster(sc, 112, 80)
+    first = [warm.render(*p) for p in poses]  # first use of each table: colours per frame
+    again = [warm.render(*p) for p in poses[::-1]][::-1]  # tabulated colours
+    fresh = [Raycaster(sc, 112, 80).render(*p) for p in poses[:6]]
+    for a, b in zip(first, again):
+        assert a.shape == (80, 112, 3) and a.dtype == np.uint8 and a.flags.c_contiguous
+        assert np.array_equal(a, b)
+    for a, b in zip(first, fresh):
+        assert np.array_equal(a, b)
+    words = np.random.default_rng(1).integers(0, 2**32, (33, 29), dtype=np.uint32)
+    assert np.array_equal(_rgb_fast(words), _rgb_safe(words))
+
+
+def test_wall_spans_follow_the_projection():
+    """Every column shows its wall from ceil(h - (wall_h - cam_h) k - 0.5) to ceil(h + cam_h k - 0.5) and
+    the baseboard from ceil(h + (cam_h - 0.12) k - 0.5), k = f / distance, h the (pitched) horizon."""
+    from atlasva.envs.navigation import Raycaster, scene_from_rows
+    from atlasva.envs.navigation.render import BASEBOARD_M, HAZE, HAZE_PER_M
+    from atlasva.envs.navigation.scene import ROOM_TYPES
+
+    sc = scene_from_rows(_level([("chair", "red", "large", 14, 8)], (5, 6, "north")), 0.5)  # chair out of view
+    rc = Raycaster(sc, 64, 64)
+    wall = np.array(ROOM_TYPES["living room"].wall, dtype=float)
+    for (x, z), h, pitch in [(sc.centre(5, 6), 0.0, 0.0), (sc.centre(5, 6), 30.0, 30.0), (sc.centre(9, 3), 270.0, -30.0)]:
+        img = rc.render(x, z, h, pitch).astype(int)
+        dist, zside, u, _ = rc.cast(x, z, h)
+        horizon = 32 + rc.f * np.tan(np.radians(pitch))
+        k = rc.f / dist
+        top = np.clip(np.ceil(horizon - (rc.wall_h - rc.cam_h) * k - 0.5), 0, 64).astype(int)
+        base = np.clip(np.ceil(horizon + (rc.cam_h - BASEBOARD_M) * k - 0.5), 0, 64).astype(int)
+        bottom = np.clip(np.ceil(horizon + rc.cam_h * k - 0.5), 0, 64).astype(int)
+        for c in range(64):
+            col = wall * (0.8 if zside[c] else 1.0) * (0.85 if (u[c] < 0.03 or u[c] > 0.97) else 1.0)
+            fog = np.exp(-HAZE_PER_M * dist[c])
+            paint = np.round(col * fog + HAZE * (1 - fog))
+            board = np.round(col * 0.55 * fog + HAZE * (1 - fog))
+            assert (img[top[c] : base[c], c] == paint).all() and (img[base[c] : bottom[c], c] == board).all()
+            outside = np.r_[img[: top[c], c], img[bottom[c] :, c]]
+            assert not (outside == paint).all(axis=1).any() and not (outside == board).all(axis=1).any()
