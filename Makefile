@@ -34,7 +34,7 @@ system-deps:
 	fi
 
 demo: install
-	$(VENV)/bin/atlasva baselines demo
+	$(VENV)/bin/atlasva train
 
 test: install-test
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -5,6 +5,8 @@
     atlasva envs play frozenlake --seed 3 [--format free_think] [key=value ...]
     atlasva baselines [CONFIG] [key=value ...] [--print-config]
     atlasva serve --host 127.0.0.1 --port 8000 --max-envs 256 [--token T]
+    atlasva train|eval [CONFIG] [key=value ...];  atlasva inspect RUN
+    atlasva vla {collect,train,eval} CONFIG [key=value ...]
 
 Configs are YAML files in ``configs/`` chosen by name or path, with dotted overrides after them.
 """
@@ -180,6 +182,12 @@ def cmd_inspect(argv: list[str]) -> int:
     return inspect_main(argv)
 
 
+def cmd_vla(argv: list[str]) -> int:
+    from atlasva.vla.cli import vla_main
+
+    return vla_main(argv)
+
+
 def cmd_serve(argv: list[str]) -> int:
     try:
         from atlasva.serve.server import serve_main
@@ -195,6 +203,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "eval": ("evaluate a checkpoint or an OpenAI-compatible served model on held-out levels", cmd_eval),
     "inspect": ("token-level view of a training episode: masks, turn ends, advantages", cmd_inspect),
     "serve": ("run the HTTP environment service", cmd_serve),
+    "vla": ("AtlasVLA: collect demos, train, evaluate closed-loop (Meta-World)", cmd_vla),
 }
 
 
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

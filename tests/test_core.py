@@ -185,3 +185,22 @@ def test_cli_baselines_writes_run_folder(tmp_path, monkeypatch, capsys):
     assert (run / "levels.png").exists() and (run / "episodes-solver.jsonl").exists()
     assert main(["baselines", "demo", "episods=3"]) == 2
     assert "did you mean 'episodes'" in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads_and_validates():
+    from pathlib import Path
+
+    from atlasva.eval.baselines import BaselinesConfig
+    from atlasva.train import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    train_configs = [p for p in root.glob("*.yaml") if p.stem != "demo"]
+    assert len(train_configs) >= 12
+    for path in train_configs:
+        cfg, name = load_config(TrainConfig, str(path))
+        cfg.validate()
+        load_spec(cfg.env.spec)
+        assert name == path.stem
+    load_config(BaselinesConfig, str(root / "demo.yaml"))
+    for path in (root / "envs").glob("*.yaml"):
+        load_spec(str(path))

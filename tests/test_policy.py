@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+importlib.import_module("transformers")  # installed by `make test`
 
 from atlasva.policy import (  # noqa: E402
     QWEN_SPECIAL_TOKENS,
@@ -99,7 +100,7 @@ def test_tokenizer_training_is_deterministic() -> None:
 # --------------------------------------------------------------------------- images
 @pytest.mark.parametrize("size", [(112, 112), (100, 150)])
 def test_image_processor_matches_transformers(size: tuple[int, int]) -> None:
-    ref_mod = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    ref_mod = importlib.import_module("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")  # the test extras install it; a missing one fails
     img = _image(1, size)
     ours = QwenImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 256)
     ref = ref_mod.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 256)
@@ -264,7 +265,7 @@ def test_device_and_dtype_selection(tiny_dir: Path) -> None:
 
 
 def test_lora_trains_only_adapters_and_saves_merged(tiny_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("peft")
+    importlib.import_module("peft")  # installed by `make test`
     cfg = ModelConfig(device="cpu", dtype="float32", value_head=True, lora=LoraSettings(enable=True, r=4, alpha=8))
     pm = PolicyModel.from_config(cfg, init_dir=tiny_dir)
     assert pm.is_lora

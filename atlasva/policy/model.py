@@ -438,6 +438,7 @@ class PolicyModel:
         with_values: bool = False,
         with_entropy: bool = False,
         chunk_tokens: int = 4096,
+        detach_values: bool = False,
     ) -> SequenceScores:
         """Per-token log-probs (and values / entropy) of full sequences; differentiable.
 
@@ -484,7 +485,8 @@ class PolicyModel:
         values = None
         if with_values:
             assert self.value_head is not None
-            v = self.value_head(h) if h.shape[0] else h.new_zeros(0, dtype=torch.float32)
+            hv = h.detach() if detach_values else h  # detached: the critic cannot move the policy's trunk
+            v = self.value_head(hv) if hv.shape[0] else hv.new_zeros(0, dtype=torch.float32)
             values = hidden.new_zeros((bsz, length), dtype=torch.float32).index_put((rows, cols + 1), v.float())
         return SequenceScores(logprobs=logprobs, values=values, entropy=entropy)
 

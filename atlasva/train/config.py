@@ -18,7 +18,8 @@ STAGES = ("untrained", "sft", "rl")
 @dataclass
 class EnvSection:
     spec: str = "frozenlake"  # configs/envs/<spec>.yaml (env name, config, splits)
-    config: dict[str, Any] = field(default_factory=dict)  # overrides of the spec's env config
+    # overrides of the spec's env config (default: the demo's — short answers, gymnasium's fixed corners)
+    config: dict[str, Any] = field(default_factory=lambda: {"format": "no_think", "random_start_goal": False})
 
 
 @dataclass
@@ -33,6 +34,7 @@ class AlgorithmConfig:
     clip_ratio_c: float = 0.0  # > 1 turns on dual-clip
     value_clip: float = 0.2
     vf_coef: float = 0.5
+    detach_critic: bool = True  # the value head reads the policy's hidden states without moving them
     kl_coef: float = 0.0  # KL to the reference (the policy at the start of RL)
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
@@ -42,10 +44,10 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainerSection:
-    steps: int = 20
+    steps: int = 30
     levels_per_step: int = 16
     group_size: int = 1  # episodes per level per step (GRPO needs > 1)
-    lr: float = 5e-4
+    lr: float = 3e-4
     ppo_epochs: int = 2
     minibatch_size: int = 16
     grad_accum: int = 1
@@ -62,8 +64,8 @@ class TrainerSection:
 @dataclass
 class SFTSection:
     enable: bool = True
-    levels: int = 200  # solver demonstrations from this many training levels
-    epochs: int = 2
+    levels: int = 400  # solver demonstrations from this many training levels
+    epochs: int = 3
     lr: float = 2e-3
     batch_size: int = 16
 
@@ -76,15 +78,27 @@ class EvalSection:
     batch_size: int = 64
 
 
+def _demo_policy() -> PolicyConfig:
+    cfg = PolicyConfig()
+    cfg.model.cpu_threads = 1  # the tiny model decodes several times faster on one thread of a busy CPU
+    return cfg
+
+
+def _demo_memory() -> MemoryConfig:
+    # SFT sees prompts without exemplars and skill lines; a tiny model cannot absorb them appearing mid-RL
+    # (measured: success collapsed from 0.31 to 0 after the first memory update). Real models: turn them on.
+    return MemoryConfig(inject_exemplars=False, inject_skills=False)
+
+
 @dataclass
 class TrainConfig:
     env: EnvSection = field(default_factory=EnvSection)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    policy: PolicyConfig = field(default_factory=_demo_policy)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_tokens_per_turn=24))
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     sft: SFTSection = field(default_factory=SFTSection)
-    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    memory: MemoryConfig = field(default_factory=_demo_memory)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunConfig = field(default_factory=RunConfig)
 

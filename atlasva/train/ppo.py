@@ -110,7 +110,7 @@ def ppo_update(policy: Any, optimizer: torch.optim.Optimizer, batch: Batch, adva
             width = max(len(e) for e in enc)
             m = batch.loss_mask[idx, :width]
             scores = model.score(enc, temperature=temperature, positions=m.bool(), with_values=use_critic,
-                                 with_entropy=cfg.entropy_coef > 0)
+                                 with_entropy=cfg.entropy_coef > 0, detach_values=cfg.detach_critic)
             adv = advantages[idx, :width] * scale
             pg, pg_stats = rl.ppo_policy_loss(scores.logprobs, batch.old_logprobs[idx, :width], adv, m,
                                               clip_ratio=cfg.clip_ratio,

@@ -1,0 +1,1 @@
+"""Shared simulator helpers (MuJoCo offscreen rendering on the CPU)."""

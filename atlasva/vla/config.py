@@ -1,0 +1,133 @@
+"""Config schema of ``atlasva vla {collect,train,eval}`` (YAML files in ``configs/vla/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from atlasva.vla.model import Geometry, make_geometry
+
+
+@dataclass
+class ModelSection:
+    """``size`` picks a preset (tiny | base | vggt-1b); any field set here replaces the preset's value."""
+
+    size: str = "tiny"
+    image_size: int | None = None
+    patch_size: int | None = None
+    vision: str | None = None
+    vision_dim: int | None = None
+    vision_depth: int | None = None
+    vision_heads: int | None = None
+    vision_registers: int | None = None
+    vision_pos_grid: int | None = None
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    mlp_ratio: float | None = None
+    num_register_tokens: int | None = None
+    qk_norm: bool | None = None
+    rope_freq: float | None = None
+    init_values: float | None = None
+    text_path: str | None = None
+    text_hidden: int | None = None
+    text_layers: int | None = None
+    text_heads: int | None = None
+    text_kv_heads: int | None = None
+    text_intermediate: int | None = None
+    text_head_dim: int | None = None
+    text_vocab_size: int | None = None
+    max_text_tokens: int | None = None
+    fusion_layers: int | None = None
+    decoder_dim: int | None = None
+    decoder_layers: int | None = None
+    decoder_heads: int | None = None
+    chunk: int | None = None
+    action_dim: int | None = None
+    state_dim: int | None = None
+    head: str | None = None
+    flow_steps: int | None = None
+    vggt_path: str = ""  # VGGT model.safetensors / model.pt to initialise the aggregator from
+    vision_path: str = ""  # a DINOv2-style ViT (safetensors / .pt) for vision='vit'
+    freeze_vision: bool = False
+    freeze_text: bool = False
+    freeze_aggregator: bool = False
+    seed: int = 0
+
+    def geometry(self) -> Geometry:
+        names = {f.name for f in dataclasses.fields(Geometry)}
+        return make_geometry(self.size, **{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def _default_tasks() -> list[str]:
+    return ["reach-v3", "drawer-open-v3"]
+
+
+def _default_instructions() -> dict[str, Any]:
+    return {"reach-v3": "reach the red goal", "drawer-open-v3": "open the drawer"}
+
+
+@dataclass
+class SimSection:
+    suite: str = "metaworld"
+    tasks: list[str] = field(default_factory=_default_tasks)
+    instructions: dict[str, Any] = field(default_factory=_default_instructions)
+    camera: str = "corner2"
+    flip_vertical: bool = True  # Meta-World's corner cameras are mounted upside down
+    image_size: int = 128
+    max_steps: int = 150
+
+
+@dataclass
+class CollectSection:
+    dataset: str = "runs/datasets/metaworld"
+    episodes_per_task: int = 50
+    seed_start: int = 0
+    action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
+    overwrite: bool = False
+
+
+@dataclass
+class TrainSection:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    grad_clip: float = 1.0
+    augment_shift: int = 4  # random-shift augmentation (pixels), 0 = off
+    normalization: str = "mean_std"  # mean_std | bounds | none
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+    num_threads: int = 2
+
+
+@dataclass
+class EvalSection:
+    stage: str = "sft"
+    episodes_per_task: int = 50
+    seed_start: int = 100000  # disjoint from the demo seeds
+    execute_steps: int = 4  # receding horizon: actions of each chunk executed before re-querying
+    max_steps: int = 0  # episode horizon; 0 = sim.max_steps
+    expert_baseline: bool = True
+    save_media: bool = True  # contact sheet PNG + GIF of the first episode of each task
+    num_threads: int = 2
+    checkpoint: str = ""  # a checkpoint folder; "" = the train run's latest
+
+
+@dataclass
+class RunSection:
+    root: str = "runs"
+    resume: bool = True
+
+
+@dataclass
+class VLAConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    sim: SimSection = field(default_factory=SimSection)
+    collect: CollectSection = field(default_factory=CollectSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    run: RunSection = field(default_factory=RunSection)

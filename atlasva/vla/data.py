@@ -1,0 +1,594 @@
+"""VLA data: LeRobot datasets (v2.1 and v3.0 layouts), LIBERO HDF5 files, a LeRobot writer for our own
+rollouts, per-dimension normalisation statistics, and the chunked training sampler.
+
+LeRobot layout (as documented by LeRobot; no dependency on the ``lerobot`` package):
+
+* v2.1 — ``meta/info.json`` (``codebase_version``, ``fps``, ``features``, ``data_path`` =
+  ``data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet``, ``chunks_size``, …),
+  ``meta/episodes.jsonl`` (``episode_index``, ``tasks``, ``length``), ``meta/tasks.jsonl``
+  (``task_index``, ``task``), ``meta/episodes_stats.jsonl`` (v2.1) or ``meta/stats.json`` (v2.0);
+  one parquet file per episode.
+* v3.0 — ``data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet`` holding many episodes,
+  ``meta/episodes/chunk-XXX/file-XXX.parquet`` (``episode_index``, ``tasks``, ``length``,
+  ``dataset_from_index``, ``dataset_to_index``, ``data/chunk_index``, ``data/file_index``),
+  ``meta/tasks.parquet`` (``task_index`` plus the task string), ``meta/stats.json``.
+
+Frames of ``dtype: image`` are stored inside the parquet as ``{"bytes": PNG/JPEG, "path": …}``
+structs; ``dtype: video`` features are decoded with PyAV when it is installed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+V21_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+V21_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+V30_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is malformed; the message names the file, the key and what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------- stats
+STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
+
+
+def compute_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-dimension statistics of an [N, D] array (N ≥ 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"stats need an [N, D] array with N ≥ 1, got shape {x.shape}")
+    return {
+        "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.min(0).tolist(), "max": x.max(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(), "q99": np.quantile(x, 0.99, axis=0).tolist(),
+        "count": [int(x.shape[0])],
+    }
+
+
+@dataclass
+class Normalizer:
+    """Per-dimension normalisation of actions / states.
+
+    ``mean_std``: (x − mean) / std. ``bounds``: q01/q99 mapped to [-1, 1] (OpenVLA style), clipped.
+    Dimensions with ``mask[i] = False`` pass through raw (e.g. a binary gripper)."""
+
+    stats: dict[str, dict[str, list[float]]]
+    mode: str = "mean_std"
+    masks: dict[str, list[bool]] = field(default_factory=dict)
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mean_std", "bounds", "none"):
+            raise ValueError(f"normalisation mode must be mean_std, bounds or none, got {self.mode!r}")
+        for key, st in self.stats.items():
+            missing = [k for k in ("mean", "std", "q01", "q99") if k not in st]
+            if missing:
+                raise ValueError(f"stats for {key!r} lack {missing}")
+
+    def _arrays(self, key: str, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if key not in self.stats:
+            raise KeyError(f"no normalisation stats for {key!r}; have {sorted(self.stats)}")
+        st = self.stats[key]
+        if len(st["mean"]) != dim:
+            raise ValueError(f"stats for {key!r} have {len(st['mean'])} dims, data has {dim}")
+        mask = np.asarray(self.masks.get(key, [True] * dim), dtype=bool)
+        if self.mode == "bounds":
+            lo, hi = np.asarray(st["q01"]), np.asarray(st["q99"])
+            return (hi + lo) / 2, np.maximum((hi - lo) / 2, self.eps), mask
+        return np.asarray(st["mean"]), np.maximum(np.asarray(st["std"]), self.eps), mask
+
+    def normalize(self, key: str, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.mode == "none":
+            return x
+        centre, scale, mask = self._arrays(key, x.shape[-1])
+        y = (x - centre) / scale
+        if self.mode == "bounds":
+            y = np.clip(y, -1.0, 1.0)
+        return np.where(mask, y, x).astype(np.float32)
+
+    def unnormalize(self, key: str, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float32)
+        if self.mode == "none":
+            return y
+        centre, scale, mask = self._arrays(key, y.shape[-1])
+        return np.where(mask, y * scale + centre, y).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "stats": self.stats, "masks": self.masks}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
+        missing = [k for k in ("mode", "stats") if k not in d]
+        if missing:
+            raise ValueError(f"normaliser record lacks {missing}")
+        return cls(stats={k: dict(v) for k, v in d["stats"].items()}, mode=d["mode"], masks=dict(d.get("masks", {})))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Normalizer:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------------------------------------- images
+def encode_png(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_image(cell: Any, root: Path | None = None) -> np.ndarray:
+    """A parquet image cell ({"bytes", "path"} struct or raw bytes) -> uint8 H×W×3."""
+    from PIL import Image
+
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if data is None and isinstance(cell, dict) and cell.get("path"):
+        p = Path(cell["path"]) if root is None else root / cell["path"]
+        data = p.read_bytes()
+    if not isinstance(data, bytes | bytearray):
+        raise DatasetError(f"image cell holds {type(data).__name__}, expected PNG/JPEG bytes")
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+# ---------------------------------------------------------------------------------------------- LeRobot read
+@dataclass
+class EpisodeInfo:
+    index: int
+    length: int
+    tasks: list[str]
+    data_file: str = ""
+    start: int = 0  # v3: the episode's first row in its data file (by global index)
+
+
+class LeRobotDataset:
+    """Read-only access to a LeRobot v2.x or v3.0 dataset folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        info_path = self.root / "meta" / "info.json"
+        if not info_path.exists():
+            raise DatasetError(f"{self.root} is not a LeRobot dataset: meta/info.json is missing")
+        self.info: dict[str, Any] = json.loads(info_path.read_text())
+        for key in ("codebase_version", "fps", "features"):
+            if key not in self.info:
+                raise DatasetError(f"{info_path} lacks the required key {key!r}")
+        version = str(self.info["codebase_version"]).lstrip("v")
+        self.major = int(version.split(".")[0])
+        if self.major not in (2, 3):
+            raise DatasetError(f"unsupported LeRobot codebase_version {self.info['codebase_version']!r}; expected v2.x or v3.0")
+        self.version = f"v{version}"
+        self.features: dict[str, dict[str, Any]] = self.info["features"]
+        for name, feat in self.features.items():
+            if "dtype" not in feat or "shape" not in feat:
+                raise DatasetError(f"feature {name!r} in {info_path} lacks 'dtype' or 'shape'")
+        self.fps = float(self.info["fps"])
+        self.tasks = self._read_tasks()
+        self.episodes = self._read_episodes()
+        self.stats = self._read_stats()
+        total = self.info.get("total_episodes")
+        if total is not None and int(total) != len(self.episodes):
+            raise DatasetError(f"info.json says total_episodes={total} but the episode index lists {len(self.episodes)}")
+
+    # -- meta
+    def _read_tasks(self) -> dict[int, str]:
+        meta = self.root / "meta"
+        if self.major == 2:
+            path = meta / "tasks.jsonl"
+            if not path.exists():
+                raise DatasetError(f"{path} is missing")
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            try:
+                return {int(r["task_index"]): str(r["task"]) for r in rows}
+            except KeyError as exc:
+                raise DatasetError(f"{path}: every row needs 'task_index' and 'task' (missing {exc})") from None
+        import pyarrow.parquet as pq
+
+        path = meta / "tasks.parquet"
+        if not path.exists():
+            raise DatasetError(f"{path} is missing")
+        table = pq.read_table(path).to_pydict()
+        if "task_index" not in table:
+            raise DatasetError(f"{path} lacks the column 'task_index'")
+        text_col = next((c for c in ("task", "__index_level_0__") if c in table), None)
+        if text_col is None:
+            raise DatasetError(f"{path} lacks the task string column ('task' or the pandas index)")
+        return {int(i): str(t) for i, t in zip(table["task_index"], table[text_col])}
+
+    def _read_episodes(self) -> list[EpisodeInfo]:
+        meta = self.root / "meta"
+        out: list[EpisodeInfo] = []
+        if self.major == 2:
+            path = meta / "episodes.jsonl"
+            if not path.exists():
+                raise DatasetError(f"{path} is missing")
+            chunks = int(self.info.get("chunks_size", 1000))
+            template = self.info.get("data_path", V21_DATA_PATH)
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                if "episode_index" not in r or "length" not in r:
+                    raise DatasetError(f"{path}: rows need 'episode_index' and 'length', got keys {sorted(r)}")
+                i = int(r["episode_index"])
+                rel = template.format(episode_chunk=i // chunks, episode_index=i)
+                out.append(EpisodeInfo(i, int(r["length"]), list(r.get("tasks", [])), rel))
+            return out
+        import pyarrow.parquet as pq
+
+        files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{meta / 'episodes'} holds no chunk-*/file-*.parquet files")
+        template = self.info.get("data_path", V30_DATA_PATH)
+        for f in files:
+            t = pq.read_table(f).to_pydict()
+            need = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index"]
+            missing = [c for c in need if c not in t]
+            if missing:
+                raise DatasetError(f"{f} lacks the columns {missing}")
+            for j in range(len(t["episode_index"])):
+                rel = template.format(chunk_index=int(t["data/chunk_index"][j]), file_index=int(t["data/file_index"][j]))
+                tasks = t.get("tasks", [[]] * len(t["episode_index"]))[j] or []
+                out.append(
+                    EpisodeInfo(int(t["episode_index"][j]), int(t["length"][j]), list(tasks), rel, int(t["dataset_from_index"][j]))
+                )
+        return sorted(out, key=lambda e: e.index)
+
+    def _read_stats(self) -> dict[str, dict[str, Any]]:
+        meta = self.root / "meta"
+        if (meta / "stats.json").exists():
+            return json.loads((meta / "stats.json").read_text())
+        path = meta / "episodes_stats.jsonl"
+        if path.exists():  # v2.1: aggregate the per-episode stats (count-weighted mean / pooled std)
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return aggregate_episode_stats([r["stats"] for r in rows])
+        return {}
+
+    # -- data
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(e.length for e in self.episodes)
+
+    def read_episode(self, episode: int, keys: Sequence[str] | None = None) -> dict[str, Any]:
+        """Arrays for one episode: numeric features [T, …], image features uint8 [T, H, W, 3], and
+        ``task`` (the instruction of each frame, from ``task_index``)."""
+        import pyarrow.parquet as pq
+
+        ep = next((e for e in self.episodes if e.index == episode), None)
+        if ep is None:
+            raise KeyError(f"episode {episode} is not in {self.root} (has {len(self.episodes)} episodes)")
+        path = self.root / ep.data_file
+        if not path.exists():
+            raise DatasetError(f"data file {path} of episode {episode} is missing")
+        wanted = list(keys) if keys is not None else [k for k in self.features if self.features[k]["dtype"] != "video"]
+        unknown = [k for k in wanted if k not in self.features]
+        if unknown:
+            raise KeyError(f"unknown features {unknown}; the dataset has {sorted(self.features)}")
+        table = pq.read_table(path)
+        cols = set(table.column_names)
+        if "episode_index" not in cols:
+            raise DatasetError(f"{path} lacks the column 'episode_index'")
+        if self.major == 3:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.equal(table["episode_index"], episode))
+        if table.num_rows != ep.length:
+            raise DatasetError(f"episode {episode}: meta says length {ep.length} but {path} holds {table.num_rows} rows")
+        out: dict[str, Any] = {}
+        for key in wanted:
+            feat = self.features[key]
+            if feat["dtype"] == "video":
+                out[key] = self._read_video(key, ep)
+                continue
+            if key not in cols:
+                raise DatasetError(f"{path} lacks the column {key!r} declared in meta/info.json features")
+            values = table[key].to_pylist()
+            if feat["dtype"] == "image":
+                frames = np.stack([decode_image(v, self.root) for v in values])
+                shape = tuple(feat["shape"])
+                if frames.shape[1:] != _hwc(shape, feat):
+                    raise DatasetError(f"{key}: frames have shape {frames.shape[1:]}, info.json declares {shape}")
+                out[key] = frames
+            else:
+                arr = np.asarray(values, dtype=np.dtype(feat["dtype"]) if feat["dtype"] != "string" else object)
+                declared = tuple(int(s) for s in feat["shape"])
+                if arr.dtype != object and arr.shape[1:] != declared and not (declared == (1,) and arr.ndim == 1):
+                    raise DatasetError(f"{key}: rows have shape {arr.shape[1:]}, info.json declares {declared}")
+                out[key] = arr
+        if "task_index" in cols:
+            idx = table["task_index"].to_pylist()
+            missing = sorted({i for i in idx if i not in self.tasks})
+            if missing:
+                raise DatasetError(f"episode {episode} uses task_index {missing} that meta/tasks does not define")
+            out["task"] = [self.tasks[i] for i in idx]
+        elif ep.tasks:
+            out["task"] = [ep.tasks[0]] * ep.length
+        return out
+
+    def _read_video(self, key: str, ep: EpisodeInfo) -> np.ndarray:
+        template = self.info.get("video_path")
+        if not template:
+            raise DatasetError(f"feature {key!r} is a video but info.json has no video_path")
+        chunks = int(self.info.get("chunks_size", 1000))
+        if self.major == 2:
+            rel = template.format(episode_chunk=ep.index // chunks, video_key=key, episode_index=ep.index)
+        else:
+            raise DatasetError("v3.0 video features (concatenated mp4 files) are not supported; use an *_image dataset")
+        try:
+            import av  # type: ignore[import-not-found]
+        except ImportError:
+            raise DatasetError(
+                f"feature {key!r} is stored as video ({rel}); decoding needs PyAV (`pip install av`)"
+            ) from None
+        with av.open(str(self.root / rel)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        if len(frames) < ep.length:
+            raise DatasetError(f"{rel}: {len(frames)} frames for an episode of length {ep.length}")
+        return np.stack(frames[: ep.length])
+
+
+def _hwc(shape: tuple[int, ...], feat: Mapping[str, Any]) -> tuple[int, ...]:
+    names = feat.get("names") or []
+    if len(shape) == 3 and (list(names)[:1] == ["channels"] or (shape[0] == 3 and shape[2] != 3)):
+        return (shape[1], shape[2], shape[0])
+    return tuple(shape)
+
+
+def aggregate_episode_stats(per_episode: Iterable[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Pool per-episode stats (v2.1 ``episodes_stats.jsonl``): weighted mean, pooled std, min/max."""
+    acc: dict[str, list[Mapping[str, Any]]] = {}
+    for st in per_episode:
+        for key, s in st.items():
+            acc.setdefault(key, []).append(s)
+    out: dict[str, dict[str, Any]] = {}
+    for key, rows in acc.items():
+        if not all(k in r for r in rows for k in ("mean", "std", "count")):
+            continue
+        n = np.asarray([np.asarray(r["count"]).reshape(-1)[0] for r in rows], dtype=np.float64)
+        means = np.stack([np.asarray(r["mean"], dtype=np.float64).reshape(-1) for r in rows])
+        stds = np.stack([np.asarray(r["std"], dtype=np.float64).reshape(-1) for r in rows])
+        w = n[:, None] / n.sum()
+        mean = (w * means).sum(0)
+        var = (w * (stds**2 + (means - mean) ** 2)).sum(0)
+        entry: dict[str, Any] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "count": [int(n.sum())]}
+        if all("min" in r and "max" in r for r in rows):
+            entry["min"] = np.min(np.stack([np.asarray(r["min"]).reshape(-1) for r in rows]), 0).tolist()
+            entry["max"] = np.max(np.stack([np.asarray(r["max"]).reshape(-1) for r in rows]), 0).tolist()
+        out[key] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- LeRobot write
+class LeRobotWriter:
+    """Write episodes in the LeRobot v2.1 layout with images inside the parquet (``dtype: image``)."""
+
+    def __init__(self, root: str | Path, fps: float, features: Mapping[str, Mapping[str, Any]], robot_type: str = "unknown",
+                 chunks_size: int = 1000) -> None:
+        self.root = Path(root)
+        if (self.root / "meta" / "info.json").exists():
+            raise FileExistsError(f"{self.root} already holds a dataset; choose another folder or delete it")
+        for name, feat in features.items():
+            if feat.get("dtype") not in ("image", "float32", "float64", "int64"):
+                raise ValueError(f"feature {name!r}: dtype must be image, float32, float64 or int64")
+            if "shape" not in feat:
+                raise ValueError(f"feature {name!r} lacks 'shape'")
+        self.features = {k: dict(v) for k, v in features.items()}
+        self.fps, self.robot_type, self.chunks_size = float(fps), robot_type, chunks_size
+        self.tasks: dict[str, int] = {}
+        self.episodes: list[dict[str, Any]] = []
+        self.episode_stats: list[dict[str, Any]] = []
+        self.total_frames = 0
+
+    def add_episode(self, frames: Mapping[str, np.ndarray], task: str) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        missing = [k for k in self.features if k not in frames]
+        if missing:
+            raise ValueError(f"episode lacks features {missing}")
+        lengths = {k: len(frames[k]) for k in self.features}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"features of one episode must have equal lengths, got {lengths}")
+        n = next(iter(lengths.values()))
+        if n == 0:
+            raise ValueError("an episode needs at least one frame")
+        ep = len(self.episodes)
+        task_index = self.tasks.setdefault(task, len(self.tasks))
+        cols: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
+        for key, feat in self.features.items():
+            arr = np.asarray(frames[key])
+            if feat["dtype"] == "image":
+                if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != tuple(feat["shape"]):
+                    raise ValueError(f"{key}: expected uint8 [T, {', '.join(map(str, feat['shape']))}], got {arr.dtype} {arr.shape}")
+                cols[key] = pa.array([{"bytes": encode_png(im), "path": None} for im in arr],
+                                     type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+            else:
+                if arr.shape[1:] != tuple(feat["shape"]):
+                    raise ValueError(f"{key}: expected rows of shape {tuple(feat['shape'])}, got {arr.shape[1:]}")
+                arr = arr.astype(feat["dtype"])
+                cols[key] = pa.array(list(arr), type=pa.list_(pa.from_numpy_dtype(arr.dtype), int(np.prod(feat["shape"]))))
+                stats[key] = compute_stats(arr.reshape(n, -1))
+        cols["timestamp"] = pa.array((np.arange(n) / self.fps).astype(np.float32))
+        cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
+        cols["episode_index"] = pa.array(np.full(n, ep, dtype=np.int64))
+        cols["index"] = pa.array(np.arange(self.total_frames, self.total_frames + n, dtype=np.int64))
+        cols["task_index"] = pa.array(np.full(n, task_index, dtype=np.int64))
+        rel = V21_DATA_PATH.format(episode_chunk=ep // self.chunks_size, episode_index=ep)
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), path)
+        self.episodes.append({"episode_index": ep, "tasks": [task], "length": n})
+        self.episode_stats.append({"episode_index": ep, "stats": stats})
+        self.total_frames += n
+        return ep
+
+    def finalize(self) -> Path:
+        meta = self.root / "meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        features = dict(self.features)
+        for k, dt in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                      ("index", "int64"), ("task_index", "int64")):
+            features[k] = {"dtype": dt, "shape": [1], "names": None}
+        info = {
+            "codebase_version": "v2.1", "robot_type": self.robot_type, "total_episodes": len(self.episodes),
+            "total_frames": self.total_frames, "total_tasks": len(self.tasks), "total_videos": 0,
+            "total_chunks": (len(self.episodes) - 1) // self.chunks_size + 1 if self.episodes else 0,
+            "chunks_size": self.chunks_size, "fps": self.fps, "splits": {"train": f"0:{len(self.episodes)}"},
+            "data_path": V21_DATA_PATH, "video_path": None, "features": features,
+        }
+        (meta / "info.json").write_text(json.dumps(info, indent=2))
+        (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
+        (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for t, i in self.tasks.items()))
+        (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episode_stats))
+        return self.root
+
+
+# ---------------------------------------------------------------------------------------------- LIBERO HDF5
+LIBERO_REQUIRED = ("actions", "obs/agentview_rgb")
+
+
+def read_libero_hdf5(path: str | Path, rotate_180: bool = False) -> list[dict[str, Any]]:
+    """Episodes of one LIBERO ``<task>_demo.hdf5`` file: ``image`` (agentview), ``wrist_image`` (if present),
+    ``state`` (ee_pos 3 + ee_ori 3 + gripper_states 2 when present), ``actions`` [T, 7], ``task``."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LIBERO file {path} does not exist")
+    episodes: list[dict[str, Any]] = []
+    with h5py.File(path, "r") as f:
+        if "data" not in f:
+            raise DatasetError(f"{path} lacks the group 'data' (expected LIBERO's data/demo_i layout)")
+        data = f["data"]
+        task = _libero_instruction(data.attrs, path)
+        names = sorted((k for k in data.keys() if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
+        if not names:
+            raise DatasetError(f"{path}: 'data' holds no demo_i groups")
+        for name in names:
+            demo = data[name]
+            missing = [k for k in LIBERO_REQUIRED if k not in demo]
+            if missing:
+                raise DatasetError(f"{path}:{name} lacks {missing} (expected keys like obs/agentview_rgb, actions)")
+            actions = np.asarray(demo["actions"], dtype=np.float32)
+            if actions.ndim != 2:
+                raise DatasetError(f"{path}:{name}/actions must be [T, D], got shape {actions.shape}")
+            t = actions.shape[0]
+            ep: dict[str, Any] = {"actions": actions, "task": task, "name": name}
+            image_keys = {"image": "obs/agentview_rgb", "wrist_image": "obs/eye_in_hand_rgb"}
+            for out_key, key in image_keys.items():
+                if key in demo:
+                    img = np.asarray(demo[key])
+                    if img.ndim != 4 or img.shape[-1] != 3 or img.dtype != np.uint8:
+                        raise DatasetError(f"{path}:{name}/{key} must be uint8 [T, H, W, 3], got {img.dtype} {img.shape}")
+                    ep[out_key] = img[:, ::-1, ::-1].copy() if rotate_180 else img
+            parts = [k for k in ("obs/ee_pos", "obs/ee_ori", "obs/gripper_states") if k in demo]
+            if parts:
+                ep["state"] = np.concatenate([np.asarray(demo[k], dtype=np.float32).reshape(t if len(demo[k]) == t else -1, -1)
+                                              for k in parts], axis=1) if all(len(demo[k]) == t for k in parts) else None
+            for key in (*image_keys.values(), *parts, "rewards", "dones"):
+                if key in demo and len(demo[key]) != t:
+                    raise DatasetError(f"{path}:{name}: {key} has {len(demo[key])} steps but actions has {t}")
+            if ep.get("state") is None:
+                ep.pop("state", None)
+            episodes.append(ep)
+    return episodes
+
+
+def _libero_instruction(attrs: Any, path: Path) -> str:
+    info = attrs.get("problem_info")
+    if info is not None:
+        if isinstance(info, bytes):
+            info = info.decode()
+        try:
+            lang = json.loads(info).get("language_instruction")
+            if lang:
+                return str(lang).strip()
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    stem = path.stem.removesuffix("_demo")
+    words = [w for w in stem.split("_") if w and not w.isupper()]  # drop the SCENE prefix ("KITCHEN_SCENE3")
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------------------------------------- training sampler
+@dataclass
+class ChunkData:
+    """Flat frame arrays for chunked behaviour cloning (everything in memory)."""
+
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    actions: np.ndarray  # float32 [N, A] (normalised)
+    episode: np.ndarray  # int64 [N]
+    task_id: np.ndarray  # int64 [N]
+    tasks: list[str]
+    states: np.ndarray | None = None  # float32 [N, S] (normalised)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        for name in ("actions", "episode", "task_id"):
+            if len(getattr(self, name)) != n:
+                raise DatasetError(f"ChunkData: {name} has {len(getattr(self, name))} rows, images has {n}")
+        if self.states is not None and len(self.states) != n:
+            raise DatasetError(f"ChunkData: states has {len(self.states)} rows, images has {n}")
+        # index of the last frame of each frame's episode (frames of an episode are contiguous)
+        last = np.zeros(n, dtype=np.int64)
+        if n:
+            ends = np.flatnonzero(np.diff(self.episode) != 0).tolist() + [n - 1]
+            start = 0
+            for e in ends:
+                last[start : e + 1] = e
+                start = e + 1
+        self.last = last
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def chunk(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Targets [B, horizon, A] (past the episode end: the last action repeated) and a validity mask."""
+        steps = idx[:, None] + np.arange(horizon)[None]
+        valid = steps <= self.last[idx][:, None]
+        steps = np.minimum(steps, self.last[idx][:, None])
+        return self.actions[steps], valid.astype(np.float32)
+
+
+def load_lerobot_for_training(
+    root: str | Path, image_key: str, action_key: str = "action", state_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list[str], np.ndarray]:
+    """(images, actions, states, episode ids, task strings, per-frame task ids) of a whole dataset."""
+    ds = LeRobotDataset(root)
+    for key in (image_key, action_key, *([state_key] if state_key else [])):
+        if key not in ds.features:
+            raise DatasetError(f"{root}: feature {key!r} not found; the dataset has {sorted(ds.features)}")
+    images, actions, states, eps, task_ids = [], [], [], [], []
+    task_names: dict[str, int] = {}
+    for ep in ds.episodes:
+        keys = [image_key, action_key] + ([state_key] if state_key else [])
+        d = ds.read_episode(ep.index, keys)
+        images.append(d[image_key])
+        actions.append(np.asarray(d[action_key], dtype=np.float32).reshape(ep.length, -1))
+        if state_key:
+            states.append(np.asarray(d[state_key], dtype=np.float32).reshape(ep.length, -1))
+        eps.append(np.full(ep.length, ep.index, dtype=np.int64))
+        tasks = d.get("task") or [""] * ep.length
+        task_ids.append(np.asarray([task_names.setdefault(t, len(task_names)) for t in tasks], dtype=np.int64))
+    if not images:
+        raise DatasetError(f"{root} holds no episodes")
+    return (np.concatenate(images), np.concatenate(actions), np.concatenate(states) if state_key else None,
+            np.concatenate(eps), list(task_names), np.concatenate(task_ids))

@@ -1,0 +1,341 @@
+"""AtlasVLA: a VGGT-style vision-language-action policy with chunked actions.
+
+::
+
+    image [B,3,H,W] (or [B,S,3,H,W]) in [0,1] ─► ImageNet norm ─► vision encoder (patch | ViT) ─► adapter ─┐
+    instruction ─► causal-LM text encoder (tiny Qwen3 | local checkpoint) ─► adapter ──────────────────────┤
+                                  cross-attention fusion (vision attends to language) ◄──────────────────┘
+                                  ─► VGGT aggregator (frame / global alternation, camera + registers)
+                                  ─► projector (2C -> D)  ┐
+    proprio state ─► linear ───────────────────────────────┤ context
+    language tokens ─► linear ─────────────────────────────┘
+    learnable action queries [chunk, D] ─► parallel decoder (bidirectional self-attn + cross-attn to context)
+      ─► head: L1 regression (OpenVLA-OFT style)  or  flow matching velocity (π0 style, Euler sampling)
+    ─► actions [B, chunk, action_dim] (in the normalised action space; see ``atlasva.vla.data.Normalizer``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atlasva.vla.aggregator import Aggregator
+from atlasva.vla.encoders import PatchVisionEncoder, TextEncoder, ViTVisionEncoder
+from atlasva.vla.layers import CrossBlock, Mlp, timestep_embedding
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every shape-determining setting of an AtlasVLA (stored with each checkpoint)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision: str = "patch"  # patch | vit
+    vision_dim: int = 128
+    vision_depth: int = 0
+    vision_heads: int = 4
+    vision_registers: int = 4
+    vision_pos_grid: int = 0  # ViT's stored position grid (0 = image_size // patch_size; 37 for VGGT/DINOv2 518 px)
+    dim: int = 128  # aggregator width
+    depth: int = 2  # frame/global block pairs
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_register_tokens: int = 4
+    qk_norm: bool = True
+    rope_freq: float = 100.0
+    init_values: float = 0.01
+    text_path: str = ""  # local transformers checkpoint; "" = tiny Qwen3 from config + byte tokenizer
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 256
+    text_head_dim: int = 0  # 0 = text_hidden // text_heads
+    text_vocab_size: int = 0  # 0 = the byte tokenizer's 259 ids
+    max_text_tokens: int = 64
+    fusion_layers: int = 1
+    decoder_dim: int = 128
+    decoder_layers: int = 2
+    decoder_heads: int = 4
+    chunk: int = 8
+    action_dim: int = 7
+    state_dim: int = 0  # 0 = no proprioception
+    head: str = "l1"  # l1 | flow
+    flow_steps: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SIZES: dict[str, Geometry] = {
+    "tiny": Geometry(),
+    "base": Geometry(
+        patch_size=14, vision="vit", vision_dim=384, vision_depth=6, vision_heads=6, dim=384, depth=6, heads=6,
+        text_hidden=512, text_layers=4, text_heads=8, text_kv_heads=4, text_intermediate=1536, decoder_dim=384,
+        decoder_layers=4, decoder_heads=6, fusion_layers=2,
+    ),
+    # VGGT-1B's aggregator (DINOv2 ViT-L/14-reg patch embed + 24 frame/global pairs at 1024) and
+    # Qwen3-0.6B's geometry for the text encoder (give text_path for the real weights).
+    "vggt-1b": Geometry(
+        patch_size=14, vision="vit", vision_dim=1024, vision_depth=24, vision_heads=16, vision_pos_grid=37,
+        dim=1024, depth=24, heads=16, text_hidden=1024, text_layers=28, text_heads=16, text_kv_heads=8,
+        text_intermediate=3072, text_head_dim=128, text_vocab_size=151936, max_text_tokens=77, fusion_layers=2, decoder_dim=768, decoder_layers=4,
+        decoder_heads=12,
+    ),
+}
+
+
+def make_geometry(size: str = "tiny", **overrides: Any) -> Geometry:
+    """The preset ``size`` with the given fields replaced (``None`` values are ignored)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {sorted(SIZES)}")
+    valid = {f.name for f in dataclasses.fields(Geometry)}
+    bad = sorted(k for k in overrides if k not in valid)
+    if bad:
+        raise ValueError(f"unknown geometry fields {bad}; valid: {sorted(valid)}")
+    geom = dataclasses.replace(SIZES[size], **{k: v for k, v in overrides.items() if v is not None})
+    _validate(geom)
+    return geom
+
+
+def _validate(g: Geometry) -> None:
+    if g.image_size % g.patch_size:
+        raise ValueError(f"image_size {g.image_size} must be a multiple of patch_size {g.patch_size}")
+    if g.vision not in ("patch", "vit"):
+        raise ValueError(f"vision must be 'patch' or 'vit', got {g.vision!r}")
+    if g.head not in ("l1", "flow"):
+        raise ValueError(f"head must be 'l1' or 'flow', got {g.head!r}")
+    if (g.dim // g.heads) % 4:
+        raise ValueError(f"dim/heads = {g.dim // g.heads} must be divisible by 4 for 2-D RoPE")
+    if g.chunk < 1 or g.action_dim < 1:
+        raise ValueError("chunk and action_dim must be ≥ 1")
+
+
+class AtlasVLA(nn.Module):
+    def __init__(self, geometry: Geometry) -> None:
+        super().__init__()
+        _validate(geometry)
+        g = self.geometry = geometry
+        self.grid = (g.image_size // g.patch_size, g.image_size // g.patch_size)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if g.vision == "patch":
+            self.vision: nn.Module = PatchVisionEncoder(g.image_size, g.patch_size, g.vision_dim)
+        else:
+            self.vision = ViTVisionEncoder(
+                g.image_size, g.patch_size, g.vision_dim, g.vision_depth, g.vision_heads, g.vision_registers,
+                pos_grid=g.vision_pos_grid or None,
+            )
+        self.vision_adapter = nn.Sequential(nn.Linear(g.vision_dim, g.dim), nn.GELU(), nn.Linear(g.dim, g.dim))
+        self.text = TextEncoder(
+            g.max_text_tokens, g.text_path, g.text_hidden, g.text_layers, g.text_heads, g.text_kv_heads,
+            g.text_intermediate, vocab_size=g.text_vocab_size or None, head_dim=g.text_head_dim or None,
+        )
+        self.text_adapter = nn.Sequential(nn.Linear(self.text.hidden_size, g.dim), nn.GELU(), nn.Linear(g.dim, g.dim))
+        self.fusion = nn.ModuleList([CrossBlock(g.dim, g.heads) for _ in range(g.fusion_layers)])
+        self.aggregator = Aggregator(
+            g.dim, g.depth, g.heads, g.mlp_ratio, g.num_register_tokens, g.qk_norm, g.rope_freq, g.init_values
+        )
+        self.projector = nn.Sequential(
+            nn.LayerNorm(2 * g.dim), nn.Linear(2 * g.dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.decoder_dim)
+        )
+        self.text_to_decoder = nn.Linear(g.dim, g.decoder_dim)
+        self.state_proj = nn.Linear(g.state_dim, g.decoder_dim) if g.state_dim else None
+        self.action_queries = nn.Parameter(torch.randn(g.chunk, g.decoder_dim) * 0.02)
+        self.decoder = nn.ModuleList(
+            [CrossBlock(g.decoder_dim, g.decoder_heads, self_attn=True) for _ in range(g.decoder_layers)]
+        )
+        self.out_norm = nn.LayerNorm(g.decoder_dim)
+        if g.head == "l1":
+            self.action_head: nn.Module = nn.Sequential(Mlp(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.action_dim))
+        else:
+            self.action_in = nn.Linear(g.action_dim, g.decoder_dim)
+            self.time_mlp = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.SiLU(), nn.Linear(g.decoder_dim, g.decoder_dim))
+            self.action_head = nn.Linear(g.decoder_dim, g.action_dim)
+
+    # ------------------------------------------------------------------ freezing
+    def set_frozen(self, vision: bool = False, text: bool = False, aggregator: bool = False) -> None:
+        for module, flag in ((self.vision, vision), (self.text, text), (self.aggregator, aggregator)):
+            for p in module.parameters():
+                p.requires_grad_(not flag)
+        if isinstance(self.vision, ViTVisionEncoder):
+            self.vision.mask_token.requires_grad_(False)
+
+    # ------------------------------------------------------------------ inputs
+    def check_images(self, images: Tensor) -> Tensor:
+        """Validate and convert to float [B, S, 3, H, W] in [0, 1]."""
+        g = self.geometry
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dim() == 4:
+            images = images[:, None]
+        if images.dim() != 5:
+            raise ValueError(f"images must be [B,3,H,W] or [B,S,3,H,W], got shape {tuple(images.shape)}")
+        if images.shape[2] != 3:
+            hint = " (channels-last? permute to [B,3,H,W])" if images.shape[-1] == 3 else ""
+            raise ValueError(f"images must have 3 channels at dim -3 ([B,3,H,W] RGB), got shape {tuple(images.shape)}{hint}")
+        if tuple(images.shape[-2:]) != (g.image_size, g.image_size):
+            raise ValueError(
+                f"images must be {g.image_size}x{g.image_size} (model.image_size), got {tuple(images.shape[-2:])}"
+            )
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        elif not images.is_floating_point():
+            raise TypeError(f"images must be uint8 or float in [0,1], got {images.dtype}")
+        elif images.numel() and (images.min() < -1e-3 or images.max() > 1.0 + 1e-3):
+            raise ValueError("float images must lie in [0, 1] (the model applies the ImageNet normalisation itself)")
+        return images
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Context tokens [B, N, D] for the action decoder and their key-padding mask [B, N] (True = pad)."""
+        g = self.geometry
+        x = self.check_images(images)
+        b, s = x.shape[:2]
+        x = x.reshape(b * s, 3, g.image_size, g.image_size)
+        x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        vis = self.vision_adapter(self.vision(x))  # [B*S, P, C]
+        # batches repeat few instructions: encode each distinct one once (exact; saves most text compute)
+        key = torch.cat([input_ids, attention_mask], dim=1)
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        length = input_ids.shape[1]
+        text_h = self.text_adapter(self.text(uniq[:, :length], uniq[:, length:]))[inverse]  # [B, L, C]
+        text_pad = attention_mask == 0
+        text_rep = text_h.repeat_interleave(s, dim=0)
+        pad_rep = text_pad.repeat_interleave(s, dim=0)
+        for blk in self.fusion:
+            vis = blk(vis, text_rep, pad_rep)
+        layers = self.aggregator(vis.reshape(b, s, vis.shape[1], g.dim), self.grid)
+        agg = self.projector(layers[-1]).reshape(b, -1, g.decoder_dim)  # [B, S*T, D]
+        parts = [agg, self.text_to_decoder(text_h)]
+        pads = [torch.zeros(agg.shape[:2], dtype=torch.bool, device=agg.device), text_pad]
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError(f"this model takes proprioception: pass state [B, {g.state_dim}]")
+            if state.dim() != 2 or state.shape != (b, g.state_dim):
+                raise ValueError(f"state must be [B, {g.state_dim}] = [{b}, {g.state_dim}], got {tuple(state.shape)}")
+            parts.append(self.state_proj(state.to(agg.dtype))[:, None])
+            pads.append(torch.zeros(b, 1, dtype=torch.bool, device=agg.device))
+        return torch.cat(parts, dim=1), torch.cat(pads, dim=1)
+
+    def _decode(self, context: Tensor, pad: Tensor, extra: Tensor | None = None) -> Tensor:
+        q = self.action_queries[None].expand(context.shape[0], -1, -1)
+        if extra is not None:
+            q = q + extra
+        for blk in self.decoder:
+            q = blk(q, context, pad)
+        return self.out_norm(q)
+
+    def velocity(self, context: Tensor, pad: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """Flow-matching velocity field v(x_t, t | context); t in [0, 1] with t=1 pure noise."""
+        temb = self.time_mlp(timestep_embedding(t, self.geometry.decoder_dim))[:, None]
+        return self.action_head(self._decode(context, pad, self.action_in(x_t) + temb))
+
+    # ------------------------------------------------------------------ inference
+    def forward(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor | None = None,
+        generator: torch.Generator | None = None, noise: Tensor | None = None,
+    ) -> Tensor:
+        """Predicted action chunk [B, chunk, action_dim] (normalised action space)."""
+        context, pad = self.encode(images, input_ids, attention_mask, state)
+        if self.geometry.head == "l1":
+            return self.action_head(self._decode(context, pad))
+        return self.sample_flow(context, pad, generator=generator, noise=noise)
+
+    def sample_flow(
+        self, context: Tensor, pad: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        steps: int | None = None,
+    ) -> Tensor:
+        g = self.geometry
+        shape = (context.shape[0], g.chunk, g.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=context.device if generator is None else generator.device)
+            noise = noise.to(context.device, context.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        n = steps or g.flow_steps
+        x = noise
+        dt = 1.0 / n
+        for i in range(n):
+            t = torch.full((shape[0],), 1.0 - i * dt, device=context.device)
+            x = x - dt * self.velocity(context, pad, x, t)
+        return x
+
+    @torch.no_grad()
+    def predict(
+        self, images: Tensor, instructions: list[str], state: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        ids, mask = self.text.tokenize(instructions, device=self.action_queries.device)
+        if ids.shape[0] != images.shape[0]:
+            raise ValueError(f"{ids.shape[0]} instructions for a batch of {images.shape[0]} images")
+        return self(images, ids, mask, state, generator=generator)
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, actions: Tensor, state: Tensor | None = None,
+        generator: torch.Generator | None = None, action_mask: Tensor | None = None,
+    ) -> Tensor:
+        """L1 (``head=l1``) or flow-matching MSE (``head=flow``) on a target chunk [B, chunk, action_dim]."""
+        g = self.geometry
+        if actions.dim() != 3 or tuple(actions.shape[1:]) != (g.chunk, g.action_dim):
+            raise ValueError(f"target actions must be [B, {g.chunk}, {g.action_dim}], got {tuple(actions.shape)}")
+        context, pad = self.encode(images, input_ids, attention_mask, state)
+        if action_mask is None:
+            action_mask = torch.ones(actions.shape[:2], device=actions.device)
+        weight = action_mask.to(actions.dtype)[..., None].expand_as(actions)
+        if g.head == "l1":
+            err = F.l1_loss(self.action_head(self._decode(context, pad)), actions, reduction="none")
+        else:
+            b = actions.shape[0]
+            dev = actions.device
+            noise = torch.randn(actions.shape, generator=generator, device=dev if generator is None else generator.device).to(dev)
+            # π0-style time sampling biased towards high noise: t = 1 - 0.999 * Beta(1.5, 1)
+            u = torch.rand(b, generator=generator, device=dev if generator is None else generator.device).to(dev)
+            t = 1.0 - 0.999 * u.pow(1.0 / 1.5)
+            x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+            err = (self.velocity(context, pad, x_t, t) - (noise - actions)).pow(2)
+        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_tensors(self, tensors: dict[str, Any], geometry: dict[str, Any] | None = None) -> None:
+        """Load a state dict saved by this class; a checkpoint of another geometry is a clear error."""
+        if geometry is not None:
+            mine = self.geometry.to_dict()
+            diff = {k: (geometry.get(k), v) for k, v in mine.items() if k in geometry and geometry[k] != v and k != "text_path"}
+            if diff:
+                lines = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
+                raise ValueError(f"checkpoint has another geometry ({lines})")
+        own = self.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match the model: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
+            )
+        for k, v in tensors.items():
+            t = torch.as_tensor(v)
+            if tuple(t.shape) != tuple(own[k].shape):
+                raise ValueError(f"checkpoint tensor {k!r} has shape {tuple(t.shape)}, the model expects {tuple(own[k].shape)}")
+        self.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=True)
+
+
+def build_model(geometry: Geometry, seed: int = 0) -> AtlasVLA:
+    """A freshly initialised model; the seed fixes every weight."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AtlasVLA(geometry)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,475 @@
+"""Meta-World for AtlasVLA: scripted-expert demos -> LeRobot dataset -> chunked BC -> closed-loop eval.
+
+Meta-World (``metaworld``, MuJoCo 3.3) ships its assets and a scripted expert per task
+(``metaworld.policies.ENV_POLICY_MAP``). Each episode seed fixes the task's random initial
+configuration (goal / object position) through the env's seeded ``rand_vec``. Frames come from the
+shared :class:`atlasva.sim.render.OffscreenRenderer`, and only when the policy is queried.
+
+Actions are Meta-World's 4-D ``[dx, dy, dz, gripper]`` in [-1, 1]; proprioception is the hand
+position and gripper opening (``obs[:4]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from atlasva.sim.render import OffscreenRenderer, configure_headless
+from atlasva.vla.config import VLAConfig
+from atlasva.vla.data import ChunkData, LeRobotWriter, Normalizer, compute_stats, load_lerobot_for_training
+
+IMAGE_KEY = "observation.image"
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+class MetaWorldTask:
+    """One Meta-World task with seeded resets, its scripted expert and an offscreen camera."""
+
+    def __init__(self, task: str, image_size: int = 128, camera: str = "corner2", flip_vertical: bool = True,
+                 max_steps: int = 150) -> None:
+        configure_headless()
+        try:
+            from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+            from metaworld.policies import ENV_POLICY_MAP
+        except ImportError as exc:
+            raise ImportError("Meta-World is not installed: pip install 'atlasva[sim]' (mujoco==3.3.0, metaworld)") from exc
+        key = f"{task}-goal-observable"
+        if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
+            names = sorted(k.removesuffix("-goal-observable") for k in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
+            raise ValueError(f"unknown Meta-World task {task!r}; e.g. {names[:6]} …")
+        self.task = task
+        self.env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key](seed=0)
+        self.env._freeze_rand_vec = False
+        self.env.seeded_rand_vec = True
+        self.env.max_path_length = max(self.env.max_path_length, max_steps + 1)
+        self.expert = ENV_POLICY_MAP[task]()
+        self.max_steps = max_steps
+        self.renderer = OffscreenRenderer(self.env.model, image_size, image_size, camera, flip_vertical)
+        self.obs: np.ndarray | None = None
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.env.seed(int(seed))
+        self.obs, _ = self.env.reset()
+        return self.obs
+
+    def state(self) -> np.ndarray:
+        assert self.obs is not None, "call reset() first"
+        return self.obs[:4].astype(np.float32)
+
+    def image(self) -> np.ndarray:
+        return self.renderer.render(self.env.data)
+
+    def expert_action(self) -> np.ndarray:
+        assert self.obs is not None, "call reset() first"
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Constant(s) may be too high": the env clips anyway
+            return np.clip(self.expert.get_action(self.obs), -1.0, 1.0).astype(np.float32)
+
+    def step(self, action: np.ndarray) -> bool:
+        """Apply one action; returns success."""
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        if action.shape != (4,):
+            raise ValueError(f"Meta-World actions are 4-D [dx, dy, dz, gripper], got shape {action.shape}")
+        self.obs, _, _, _, info = self.env.step(action)
+        return bool(info["success"])
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def instruction_of(cfg: VLAConfig, task: str) -> str:
+    if task not in cfg.sim.instructions:
+        raise ValueError(f"sim.instructions has no instruction for task {task!r}; it has {sorted(cfg.sim.instructions)}")
+    return str(cfg.sim.instructions[task])
+
+
+# ---------------------------------------------------------------------------------------------- collect
+def collect(cfg: VLAConfig) -> dict[str, Any]:
+    """Record scripted-expert demos into a LeRobot v2.1 dataset (images in parquet)."""
+    if cfg.sim.suite != "metaworld":
+        raise ValueError(f"sim.suite {cfg.sim.suite!r} is not supported here; use 'metaworld'")
+    root = Path(cfg.collect.dataset)
+    if (root / "meta" / "info.json").exists():
+        if not cfg.collect.overwrite:
+            _progress(f"dataset {root} exists; reusing it (collect.overwrite=true to re-record)")
+            return json.loads((root / "meta" / "info.json").read_text())
+        shutil.rmtree(root)
+    size = cfg.sim.image_size
+    features = {
+        IMAGE_KEY: {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]},
+        STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
+        ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
+    }
+    writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer")
+    t0 = time.time()
+    stats: dict[str, Any] = {}
+    for task in cfg.sim.tasks:
+        sim = MetaWorldTask(task, size, cfg.sim.camera, cfg.sim.flip_vertical, cfg.sim.max_steps)
+        rng = np.random.default_rng([cfg.collect.seed_start, 7])
+        kept = failed = 0
+        for k in range(cfg.collect.episodes_per_task):
+            seed = cfg.collect.seed_start + k
+            sim.reset(seed)
+            images, states, actions = [], [], []
+            success = False
+            for _ in range(cfg.sim.max_steps):
+                images.append(sim.image())
+                states.append(sim.state())
+                label = sim.expert_action()
+                actions.append(label)
+                executed = label + cfg.collect.action_noise * rng.standard_normal(4).astype(np.float32)
+                if sim.step(executed):
+                    success = True
+                    break
+            if not success:
+                failed += 1
+                continue
+            writer.add_episode({IMAGE_KEY: np.stack(images), STATE_KEY: np.stack(states), ACTION_KEY: np.stack(actions)},
+                               instruction_of(cfg, task))
+            kept += 1
+            if (k + 1) % 10 == 0:
+                _progress(f"collect {task}: {k + 1}/{cfg.collect.episodes_per_task} episodes ({time.time() - t0:.0f}s)")
+        stats[task] = {"kept": kept, "expert_failed": failed}
+        sim.close()
+    writer.finalize()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    _progress(f"collected {info['total_episodes']} episodes, {info['total_frames']} frames into {root} "
+              f"in {time.time() - t0:.0f}s ({stats})")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- train
+def run_config(cfg: VLAConfig) -> dict[str, Any]:
+    """The part of the config that identifies a training run (eval settings and resume excluded)."""
+    from atlasva.config import to_dict
+
+    d = to_dict(cfg)
+    d.pop("eval", None)
+    d["run"] = {k: v for k, v in d["run"].items() if k != "resume"}
+    return d
+
+
+def _augment(x: Any, shift: int, gen: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    if shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+    ox = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+    oy = torch.randint(0, 2 * shift + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h)[None])  # [B, H]
+    cols = (ox[:, None] + torch.arange(w)[None])  # [B, W]
+    idx_b = torch.arange(b)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _optim_tensors(opt: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    tensors: dict[str, Any] = {}
+    sd = opt.state_dict()
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim/{pid}/{k}"] = v if hasattr(v, "shape") else np.asarray(v)
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _restore_optim(opt: Any, tensors: dict[str, Any], groups: list[dict[str, Any]]) -> None:
+    import torch
+
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, k = key.split("/", 2)
+            state.setdefault(int(pid), {})[k] = torch.as_tensor(v)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def train(cfg: VLAConfig) -> Path:
+    import torch
+
+    from atlasva.runs import RunFolder
+    from atlasva.vla.model import build_model
+    from atlasva.vla.vggt_weights import load_vggt_weights, load_vision_weights
+
+    torch.set_num_threads(max(1, cfg.train.num_threads))
+    geometry = cfg.model.geometry()
+    images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
+        cfg.collect.dataset, IMAGE_KEY, ACTION_KEY, STATE_KEY if geometry.state_dim else None
+    )
+    if images.shape[1:3] != (geometry.image_size, geometry.image_size):
+        raise ValueError(f"dataset frames are {images.shape[1:3]}, model.image_size is {geometry.image_size}")
+    if actions.shape[1] != geometry.action_dim:
+        raise ValueError(f"dataset actions are {actions.shape[1]}-D, model.action_dim is {geometry.action_dim}")
+    if states is not None and states.shape[1] != geometry.state_dim:
+        raise ValueError(f"dataset states are {states.shape[1]}-D, model.state_dim is {geometry.state_dim}")
+    stats = {ACTION_KEY: compute_stats(actions)}
+    if states is not None:
+        stats[STATE_KEY] = compute_stats(states)
+    norm = Normalizer(stats, mode=cfg.train.normalization)
+    data = ChunkData(images, norm.normalize(ACTION_KEY, actions), episodes, task_ids, tasks,
+                     norm.normalize(STATE_KEY, states) if states is not None else None)
+
+    model = build_model(geometry, seed=cfg.model.seed)
+    if cfg.model.vision_path:
+        report = load_vision_weights(model, cfg.model.vision_path)
+        _progress(f"loaded {len(report.loaded)} ViT tensors from {cfg.model.vision_path}")
+    if cfg.model.vggt_path:
+        report = load_vggt_weights(model, cfg.model.vggt_path)
+        _progress(f"loaded {len(report.loaded)} VGGT tensors ({len(report.skipped)} skipped by declaration)")
+    model.set_frozen(cfg.model.freeze_vision, cfg.model.freeze_text, cfg.model.freeze_aggregator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.train.warmup:
+            return cfg.train.lr * (step + 1) / cfg.train.warmup
+        frac = (step - cfg.train.warmup) / max(1, cfg.train.steps - cfg.train.warmup)
+        return cfg.train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=cfg.run.resume)
+    start = 0
+    ckpt = run.load_checkpoint()
+    if ckpt is not None:
+        tensors, state = ckpt
+        model.load_tensors({k: v for k, v in tensors.items() if not k.startswith("optim/")}, state["geometry"])
+        _restore_optim(opt, tensors, state["optimizer_groups"])
+        start = int(state["step"])
+        run.truncate_metrics(start)
+        _progress(f"resuming {run.path} from step {start}")
+    token_cache = [model.text.tokenize([t]) for t in tasks]
+    model.train()
+    t0 = time.time()
+    losses: list[float] = []
+
+    def save(step: int) -> None:
+        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+        opt_tensors, groups = _optim_tensors(opt)
+        tensors.update(opt_tensors)
+        run.save_checkpoint(step, tensors, {
+            "geometry": geometry.to_dict(), "normalizer": norm.to_dict(), "tasks": tasks,
+            "optimizer_groups": groups, "image_key": IMAGE_KEY, "state_key": STATE_KEY, "action_key": ACTION_KEY,
+        })
+
+    for step in range(start, cfg.train.steps):
+        rng = np.random.default_rng([cfg.train.seed, step])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        idx = rng.integers(0, len(data), size=cfg.train.batch_size)
+        target, valid = data.chunk(idx, geometry.chunk)
+        x = torch.from_numpy(data.images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
+        x = _augment(x, cfg.train.augment_shift, gen)
+        tid = data.task_id[idx]
+        ids = torch.cat([_pad(token_cache[t][0], max(token_cache[u][0].shape[1] for u in set(tid.tolist())), model.text.pad_id) for t in tid])
+        mask = torch.cat([_pad(token_cache[t][1], ids.shape[1], 0) for t in tid])
+        st = torch.from_numpy(data.states[idx]) if data.states is not None else None
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model.loss(x, ids, mask, torch.from_numpy(target), st, generator=gen, action_mask=torch.from_numpy(valid))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            rate = (done - start) / max(1e-9, time.time() - t0)
+            run.log_metrics(done, {"train/loss": float(np.mean(losses)), "train/grad_norm": float(grad_norm),
+                                   "train/lr": lr_at(step), "train/steps_per_s": rate})
+            _progress(f"train step {done}/{cfg.train.steps} loss {np.mean(losses):.4f} ({rate:.2f} it/s, "
+                      f"eta {(cfg.train.steps - done) / max(rate, 1e-9):.0f}s)")
+            losses = []
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            save(done)
+    if start >= cfg.train.steps and not run.checkpoints():
+        save(start)
+    run.close()
+    _progress(f"training done: {run.path} ({time.time() - t0:.0f}s)")
+    return run.path
+
+
+def _pad(t: Any, length: int, value: int) -> Any:
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, length - t.shape[1]), value=value)
+
+
+def cfg_name(cfg: VLAConfig) -> str:
+    return getattr(cfg, "_name", None) or "vla"
+
+
+# ---------------------------------------------------------------------------------------------- eval
+class VLAPolicy:
+    """A trained checkpoint wrapped for closed-loop control (normalisation included)."""
+
+    def __init__(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        import torch
+
+        from atlasva.vla.model import AtlasVLA, Geometry
+
+        geometry = Geometry(**state["geometry"])
+        self.model = AtlasVLA(geometry)
+        self.model.load_tensors({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, state["geometry"])
+        self.model.eval()
+        self.norm = Normalizer.from_dict(state["normalizer"])
+        self.geometry = geometry
+        self._tokens: dict[str, Any] = {}
+        self._torch = torch
+
+    def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
+        """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame."""
+        torch = self._torch
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 H×W×3 frame, got {image.dtype} {image.shape}")
+        if instruction not in self._tokens:
+            self._tokens[instruction] = self.model.text.tokenize([instruction])
+        ids, mask = self._tokens[instruction]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        st = None
+        if self.geometry.state_dim:
+            st = torch.from_numpy(self.norm.normalize(STATE_KEY, np.asarray(state, dtype=np.float32)[None]))
+        with torch.no_grad():
+            out = self.model(x, ids, mask, st, generator=torch.Generator().manual_seed(0))
+        return self.norm.unnormalize(ACTION_KEY, out[0].numpy())
+
+
+def run_episode(sim: MetaWorldTask, policy: VLAPolicy | None, instruction: str, seed: int, max_steps: int,
+                execute_steps: int, keep_frames: bool = False) -> dict[str, Any]:
+    """One closed-loop episode (policy=None runs the scripted expert). Frames are rendered only at queries."""
+    sim.reset(seed)
+    steps = queries = 0
+    success = False
+    frames: list[np.ndarray] = []
+    latencies: list[float] = []
+    while steps < max_steps and not success:
+        if policy is None:
+            chunk = sim.expert_action()[None]
+        else:
+            image = sim.image()
+            if keep_frames:
+                frames.append(image)
+            t = time.perf_counter()
+            chunk = policy.act(image, instruction, sim.state())
+            latencies.append(time.perf_counter() - t)
+        queries += 1
+        for a in chunk[: max(1, execute_steps)]:
+            success = sim.step(a)
+            steps += 1
+            if success or steps >= max_steps:
+                break
+    out: dict[str, Any] = {
+        "task": sim.task, "seed": int(seed), "success": success, "steps": steps, "turns": queries,
+        "format_valid_rate": 1.0, "finish_reason": "success" if success else "max_steps",
+    }
+    if latencies:
+        out["chunk_latency_ms"] = 1000 * float(np.mean(latencies))
+    if keep_frames:
+        out["_frames"] = frames
+    return out
+
+
+def evaluate(cfg: VLAConfig) -> dict[str, Any]:
+    import torch
+
+    from atlasva.runs import RunFolder, summarize_episodes
+
+    torch.set_num_threads(max(1, cfg.eval.num_threads))
+    run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=True)
+    loaded = run.load_checkpoint(Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else None)
+    if loaded is None:
+        raise FileNotFoundError(f"no checkpoint in {run.path}; run `atlasva vla train` with the same config first")
+    policy = VLAPolicy(*loaded)
+    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + cfg.collect.episodes_per_task))
+    eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
+    if demo_seeds & set(eval_seeds):
+        raise ValueError("eval.seed_start overlaps the demo seeds; evaluation seeds must be disjoint from collect's")
+    t0 = time.time()
+    records: list[dict[str, Any]] = []
+    expert_records: list[dict[str, Any]] = []
+    media: dict[str, list[np.ndarray]] = {}
+    max_steps = cfg.eval.max_steps or cfg.sim.max_steps
+    for task in cfg.sim.tasks:
+        sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.camera, cfg.sim.flip_vertical, max_steps)
+        instruction = instruction_of(cfg, task)
+        for i, seed in enumerate(eval_seeds):
+            rec = run_episode(sim, policy, instruction, seed, max_steps, cfg.eval.execute_steps,
+                              keep_frames=cfg.eval.save_media and i == 0)
+            if "_frames" in rec:
+                media[task] = rec.pop("_frames")
+            records.append(rec)
+            if cfg.eval.expert_baseline:
+                expert_records.append(run_episode(sim, None, instruction, seed, max_steps, 1))
+            k = sum(r["success"] for r in records if r["task"] == task)
+            _progress(f"eval {task}: {i + 1}/{len(eval_seeds)} episodes, {k} successes ({time.time() - t0:.0f}s)")
+        sim.close()
+
+    def stage(recs: list[dict[str, Any]]) -> dict[str, Any]:
+        out = summarize_episodes(recs)
+        out["per_task"] = {t: summarize_episodes([r for r in recs if r["task"] == t]) for t in cfg.sim.tasks}
+        out["mean_steps"] = float(np.mean([r["steps"] for r in recs])) if recs else 0.0
+        lat = [r["chunk_latency_ms"] for r in recs if "chunk_latency_ms" in r]
+        if lat:
+            out["chunk_latency_ms"] = float(np.mean(lat))
+        return out
+
+    evals: dict[str, Any] = {}
+    summary_path = run.path / "summary.json"
+    if summary_path.exists():
+        evals.update(json.loads(summary_path.read_text()).get("eval", {}))
+    evals[cfg.eval.stage] = stage(records)
+    run.write_episodes(cfg.eval.stage, records)
+    if expert_records:
+        evals["expert"] = stage(expert_records)
+        run.write_episodes("expert", expert_records)
+    if media:
+        save_media(run.path, cfg.eval.stage, media)
+    summary = run.write_summary(evals, wall_time_s=time.time() - t0, eval_seeds=[eval_seeds[0], eval_seeds[-1]],
+                                execute_steps=cfg.eval.execute_steps, max_steps=max_steps)
+    run.close()
+    for name, st in evals.items():
+        per = ", ".join(f"{t}: {s['success_rate']:.2f}" for t, s in st.get("per_task", {}).items())
+        _progress(f"{name}: success {st['success_rate']:.3f} CI95 {st['success_ci95']} ({per})")
+    _progress(f"summary: {summary_path}")
+    return summary
+
+
+def save_media(folder: Path, stage: str, media: dict[str, list[np.ndarray]], columns: int = 8) -> list[Path]:
+    """A contact sheet (PNG) and a GIF per task of the recorded query frames."""
+    from PIL import Image
+
+    paths = []
+    for task, frames in media.items():
+        if not frames:
+            continue
+        step = max(1, math.ceil(len(frames) / (columns * 2)))
+        picked = frames[::step][: columns * 2]
+        h, w = picked[0].shape[:2]
+        rows = math.ceil(len(picked) / columns)
+        sheet = Image.new("RGB", (columns * w, rows * h))
+        for i, f in enumerate(picked):
+            sheet.paste(Image.fromarray(f), ((i % columns) * w, (i // columns) * h))
+        p = folder / f"contact-{stage}-{task}.png"
+        sheet.save(p)
+        g = folder / f"episode-{stage}-{task}.gif"
+        Image.fromarray(frames[0]).save(g, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]],
+                                        duration=100, loop=0)
+        paths += [p, g]
+    return paths
+
+
+__all__ = ["MetaWorldTask", "VLAPolicy", "collect", "evaluate", "run_episode", "train"]
