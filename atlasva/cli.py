@@ -118,22 +118,39 @@ def _play(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- baselines
 
 
-def cmd_baselines(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="atlasva baselines", description="Evaluate the optimal solver and a random agent on held-out levels."
-    )
-    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. episodes=50 run.resume=false")
+def config_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """The shared shape of config-driven commands: CONFIG (name or path), dotted overrides, --print-config."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path (default: built-in)")
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
     p.add_argument("--print-config", action="store_true", help="show every key with its value and exit")
-    args = p.parse_args(argv)
-    from atlasva.config import load_config, to_dict, to_yaml
-    from atlasva.eval.baselines import BaselinesConfig, format_table, run_baselines
+    return p
 
-    config, overrides = _config_and_overrides(args)
-    cfg, name = load_config(BaselinesConfig, config, overrides)
+
+def load_command_config(schema: type, args: argparse.Namespace, extra: list[str] | None = None) -> tuple[Any, str] | None:
+    """Load the config of a command; None when ``--print-config`` printed it instead."""
+    from atlasva.config import load_config, to_yaml
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config:  # no config name, only overrides
+        overrides, config = [config, *overrides], None
+    cfg, name = load_config(schema, config, overrides + list(extra or []))
     if args.print_config:
         print(to_yaml(cfg))
+        return None
+    return cfg, name
+
+
+def cmd_baselines(argv: list[str]) -> int:
+    p = config_parser("atlasva baselines", "Evaluate the optimal solver and a random agent on held-out levels.",
+                      "episodes=50 run.resume=false")
+    from atlasva.config import to_dict
+    from atlasva.eval.baselines import BaselinesConfig, format_table, run_baselines
+
+    loaded = load_command_config(BaselinesConfig, p.parse_args(argv))
+    if loaded is None:
         return 0
+    cfg, name = loaded
     summary = run_baselines(cfg, f"baselines-{name}", to_dict(cfg))
     print(format_table(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
@@ -142,28 +159,16 @@ def cmd_baselines(argv: list[str]) -> int:
 
 # --------------------------------------------------------------------------- main
 
-def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config:  # no config name, only overrides
-        overrides, config = [config, *overrides], None
-    return config, overrides
-
-
 def cmd_train(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="atlasva train", description="SFT warm start + RL (PPO/GRPO) with the memory.")
-    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path (default: built-in)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.steps=50 memory.enable=false")
-    p.add_argument("--print-config", action="store_true", help="show every key with its value and exit")
-    args = p.parse_args(argv)
-    from atlasva.config import load_config, to_yaml
+    p = config_parser("atlasva train", "SFT warm start + RL (PPO/GRPO) with the memory.",
+                      "trainer.steps=50 memory.enable=false")
     from atlasva.train import TrainConfig, Trainer
     from atlasva.train.trainer import format_summary_table
 
-    config, overrides = _config_and_overrides(args)
-    cfg, name = load_config(TrainConfig, config, overrides)
-    if args.print_config:
-        print(to_yaml(cfg))
+    loaded = load_command_config(TrainConfig, p.parse_args(argv))
+    if loaded is None:
         return 0
+    cfg, name = loaded
     summary = Trainer(cfg, name).train()
     print(format_summary_table(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,34 +63,23 @@ def run_eval(cfg: Any, name: str) -> dict[str, Any]:
 
 
 def eval_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="atlasva eval", description="Evaluate a checkpoint or a served model on held-out levels.")
-    p.add_argument("config", nargs="?", default=None, help="config name in configs/ or a YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. episodes=50 env.spec=sokoban")
+    from atlasva.cli import config_parser, load_command_config
+    from atlasva.train.trainer import format_summary_table
+
+    p = config_parser("atlasva eval", "Evaluate a checkpoint or a served model on held-out levels.",
+                      "episodes=50 env.spec=sokoban")
     p.add_argument("--checkpoint", default=None, help="a Hugging Face folder (e.g. RUN/policy)")
     p.add_argument("--backend", choices=("hf", "openai"), default=None)
     p.add_argument("--model", default=None, help="model name on the OpenAI-compatible server")
     p.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--print-config", action="store_true")
     args = p.parse_args(argv)
-    from atlasva.config import load_config, to_yaml
-    from atlasva.train.trainer import format_summary_table
-
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config:
-        overrides, config = [config, *overrides], None
-    if args.checkpoint:
-        overrides.append(f"policy.model.path={args.checkpoint}")
-    if args.backend:
-        overrides.append(f"policy.backend={args.backend}")
-    if args.model:
-        overrides.append(f"policy.openai.model={args.model}")
-    if args.base_url:
-        overrides.append(f"policy.openai.base_url={args.base_url}")
-    cfg, name = load_config(EvalConfig, config, overrides)
-    if args.print_config:
-        print(to_yaml(cfg))
+    extra = [f"{key}={value}" for key, value in (
+        ("policy.model.path", args.checkpoint), ("policy.backend", args.backend),
+        ("policy.openai.model", args.model), ("policy.openai.base_url", args.base_url)) if value]
+    loaded = load_command_config(EvalConfig, args, extra)
+    if loaded is None:
         return 0
-    summary = run_eval(cfg, name)
+    summary = run_eval(*loaded)
     print(format_summary_table(summary))
     print(f"run folder: {summary['run_dir']}")
     return 0

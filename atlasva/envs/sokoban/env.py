@@ -49,27 +49,11 @@ class SokobanEnv(AtlasEnv):
         tile_size: int = render.DEFAULT_TILE,
         success_reward: float = 1.0,
         step_penalty: float = 0.0,
-        obs_mode: str = "vision",
-        format: str = "free_think",
         max_actions_per_turn: int = 3,
         format_reward: float = 0.1,
-        format_penalty: float = 0.0,
-        world_model_weight: float = 0.5,
-        strict_format: bool = False,
-        max_turns: int | None = None,
-        render_mode: str | None = None,
+        **kwargs: Any,  # the base env's options: obs_mode, format, format_penalty, ...
     ) -> None:
-        super().__init__(
-            obs_mode=obs_mode,
-            format=format,
-            max_actions_per_turn=max_actions_per_turn,
-            format_reward=format_reward,
-            format_penalty=format_penalty,
-            world_model_weight=world_model_weight,
-            strict_format=strict_format,
-            max_turns=max_turns,
-            render_mode=render_mode,
-        )
+        super().__init__(max_actions_per_turn=max_actions_per_turn, format_reward=format_reward, **kwargs)
         self.dim_room = check_config(tuple(dim_room), num_boxes, min_solution_length, max_solution_length)
         self.num_boxes = int(num_boxes)
         self.min_solution_length = int(min_solution_length)
