@@ -6,9 +6,10 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_envs.py --only sokoban --quick
 
 Each comparison is one function in ``COMPARISONS``; it returns result records and the script prints
-one ratio line per record (``sokoban generation (6x6, 1 box): 18.3x gym-sokoban``) and writes all
-records to ``benchmarks/results/bench_envs.json``. Ratios are measured in one run on one machine;
-they are figures to record, not timed tests.
+one ratio line per record (``sokoban generation (6x6, 1 box, ...): 44.1x gym-sokoban``) and writes all
+records to ``benchmarks/results/bench_envs.json`` (with ``--only``, replacing just the records of the
+comparisons that ran). Ratios are measured in one run on one machine; they are figures to record,
+not timed tests.
 
 Peers that need an old stack run in their own small venv inside this folder, created on first use
 (``benchmarks/.venv-<peer>``, git-ignored). This same file is the peer's entry point
@@ -159,8 +160,117 @@ def _peer_sokoban_step_render(p: dict[str, Any]) -> dict[str, Any]:
     return {"steps": n, "s_per_step": dt / n, "image_shape": list(obs.shape)}
 
 
+def _peer_bfs_length(room_fixed: Any, room_state: Any, max_depth: int) -> int | None:
+    """Fewest primitive moves (pushes included) that solve a gym-sokoban room, or ``None`` beyond
+    ``max_depth``: a plain breadth-first search over (player cell, box cells) states, no pruning.
+
+    gym-sokoban's codes: ``room_fixed`` 0 wall, 1 floor, 2 target; ``room_state`` 3 box on target,
+    4 box, 5 player.
+    """
+    h, w = room_fixed.shape
+    fixed, state = room_fixed.ravel().tolist(), room_state.ravel().tolist()
+    walls = {i for i, v in enumerate(fixed) if v == 0}
+    targets = frozenset(i for i, v in enumerate(fixed) if v == 2)
+    boxes = frozenset(i for i, v in enumerate(state) if v in (3, 4))
+    player = state.index(5)
+    if boxes == targets:
+        return 0
+    seen = {(player, boxes)}
+    frontier = [(player, boxes)]
+    for depth in range(1, max_depth + 1):
+        nxt = []
+        for pos, bxs in frontier:
+            for d in (-w, w, -1, 1):  # up, down, left, right
+                q = pos + d
+                if q in walls:
+                    continue
+                if q in bxs:  # push: the cell behind the box must be free
+                    b = q + d
+                    if b in walls or b in bxs:
+                        continue
+                    bxs2 = (bxs - {q}) | {b}
+                    if bxs2 == targets:
+                        return depth
+                else:
+                    bxs2 = bxs
+                st = (q, bxs2)
+                if st not in seen:
+                    seen.add(st)
+                    nxt.append(st)
+        if not nxt:
+            return None  # unsolvable
+        frontier = nxt
+    return None
+
+
+def _peer_sokoban_generation_vagen(p: dict[str, Any]) -> dict[str, Any]:
+    """gym-sokoban as VAGEN's reset uses it: under a seed, ``generate_room`` then a BFS for the
+    shortest solution length (depth cap 200); a room whose length is outside ``[min_len, max_len]``
+    (or that ``generate_room`` rejects, or deeper than the cap) is redrawn under the next seed of a
+    hash chain, up to ``max_tries``. Timed per produced level, redraws included."""
+    import zlib
+
+    import numpy as np
+    from gym_sokoban.envs.room_utils import generate_room
+
+    dim = tuple(p["dim_room"])
+    steps = int(1.7 * (dim[0] + dim[1]))
+    lo, hi = int(p["min_len"]), p.get("max_len")
+    max_depth, max_tries = int(p.get("max_depth", 200)), int(p.get("max_tries", 10000))
+    times, lengths, bfs_s = [], [], 0.0
+    tries = length_redraws = gen_errors = depth_misses = 0
+    budget = float(p.get("budget_s", float("inf")))
+    start = time.perf_counter()
+    for level_seed in range(p["levels"]):
+        if times and time.perf_counter() - start > budget:
+            break
+        t0 = time.perf_counter()
+        seed, length = level_seed, None
+        for _ in range(max_tries):
+            tries += 1
+            random.seed(seed)
+            np.random.seed(seed)
+            try:
+                room_fixed, room_state, _ = generate_room(dim=dim, num_steps=steps, num_boxes=p["num_boxes"])
+            except (RuntimeError, RuntimeWarning):
+                gen_errors += 1
+            else:
+                tb = time.perf_counter()
+                length = _peer_bfs_length(room_fixed, room_state, max_depth)
+                bfs_s += time.perf_counter() - tb
+                if length is None:
+                    depth_misses += 1
+                elif lo <= length and (hi is None or length <= hi):
+                    break
+                else:
+                    length_redraws += 1
+                length = None
+            # VAGEN: abs(hash(str(seed))) % 2**32, salted per process; crc32 is the same idea, reproducible.
+            seed = zlib.crc32(str(seed).encode())
+        if length is None:
+            raise RuntimeError(f"no level in [{lo}, {hi}] after {max_tries} tries from seed {level_seed}")
+        times.append(time.perf_counter() - t0)
+        lengths.append(length)
+    n = len(times)
+    return {
+        "levels": n,
+        "s_per_level": sum(times) / n,
+        "median_s": sorted(times)[n // 2],
+        "max_s": max(times),
+        "bfs_share": bfs_s / sum(times),
+        "tries_per_level": tries / n,
+        "length_redraws": length_redraws,
+        "generate_room_errors": gen_errors,
+        "depth_cap_misses": depth_misses,
+        "mean_solution_length": sum(lengths) / n,
+        "max_solution_length": max(lengths),
+        "length_range": [lo, hi],
+    }
+
+
 PEER_TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "sokoban_generation": _peer_sokoban_generation,
+    "sokoban_generation_vagen": _peer_sokoban_generation_vagen,
     "sokoban_step_render": _peer_sokoban_step_render,
 }
 
@@ -180,42 +290,65 @@ def _record(name: str, ours: dict, peer: dict, ratio: float, goal: float | None,
     }
 
 
-def _ours_generation(dim: tuple[int, int], num_boxes: int, levels: int) -> dict[str, Any]:
+def _ours_generation(
+    dim: tuple[int, int], num_boxes: int, levels: int, lo: int = 1, hi: int | None = None
+) -> dict[str, Any]:
     from atlasva.envs.sokoban import generate_level, solve_level
 
     t0 = time.perf_counter()
-    made = [generate_level(seed, dim, num_boxes) for seed in range(levels)]
+    made = [generate_level(seed, dim, num_boxes, lo, hi) for seed in range(levels)]
     dt = time.perf_counter() - t0
     # Every level solvable, with the optimal length the generator claims (checked outside the timing).
     for seed, level in enumerate(made):
         plan = solve_level(level.rows())
         assert plan is not None, f"level of seed {seed} is unsolvable"
         assert len(plan) == level.optimal_length, f"seed {seed}: solver {len(plan)} != {level.optimal_length}"
+        assert lo <= len(plan) and (hi is None or len(plan) <= hi), f"seed {seed}: length {len(plan)}"
     lengths = [lv.optimal_length for lv in made]
     return {
         "levels": levels,
         "s_per_level": dt / levels,
         "all_solvable": True,
+        "length_range": [lo, hi],
         "mean_optimal_length": sum(lengths) / levels,
         "max_optimal_length": max(lengths),
     }
 
 
 def bench_sokoban_generation(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Level generation: ours (solvable, optimal length known) vs gym-sokoban's generate_room."""
-    out = []
-    configs = [
-        # (label, dim, boxes, our levels, peer levels, peer time budget in s, goal)
-        ("6x6, 1 box", (6, 6), 1, 300 if args.quick else 3000, 20 if args.quick else 200, 600.0, 300.0),
+    """Level generation, 6x6 with one box, against gym-sokoban two ways.
+
+    * as VAGEN uses it (the comparison the >= 300x goal is for): ``generate_room`` + a BFS for the
+      shortest solution length + redraw while the length is outside the range; ours is asked for the
+      same range. Once with VAGEN's train range [1, 5], once unbounded (theirs then never redraws).
+    * bare ``generate_room`` (no solution length), for reference; plus, unless ``--quick``, the bare
+      generator at gym-sokoban's default 10x10 with 4 boxes.
+    """
+    dim, boxes = (6, 6), 1
+    n_ours, n_peer = (300, 50) if args.quick else (3000, 500)
+    base = {"dim_room": list(dim), "num_boxes": boxes, "levels": n_peer, "budget_s": 120.0}
+    ours_any = _ours_generation(dim, boxes, n_ours)
+    ours_1_5 = _ours_generation(dim, boxes, n_ours, 1, 5)
+    vagen_1_5 = run_peer(GYM_SOKOBAN, "sokoban_generation_vagen", {**base, "min_len": 1, "max_len": 5})
+    vagen_any = run_peer(GYM_SOKOBAN, "sokoban_generation_vagen", {**base, "min_len": 1, "max_len": None})
+    bare = run_peer(GYM_SOKOBAN, "sokoban_generation", base)
+    usage = "as VAGEN uses it: generate + BFS length"
+    cases = [
+        (f"6x6, 1 box, {usage}, range [1,5]", ours_1_5, vagen_1_5, 300.0),
+        (f"6x6, 1 box, {usage}, range [1,inf): no redraws", ours_any, vagen_any, None),
+        ("6x6, 1 box, bare generate_room: no solution length", ours_any, bare, None),
     ]
+    out = []
+    for label, o, t, goal in cases:
+        ratio = t["s_per_level"] / o["s_per_level"]
+        out.append(_record(f"sokoban generation ({label})", o, t, ratio, goal, "gym-sokoban"))
     if not args.quick:  # gym-sokoban's own default room; its generator needs ~a minute per level here
-        configs.append(("10x10, 4 boxes, gym-sokoban's default", (10, 10), 4, 60, 8, args.peer_budget, None))
-    for label, dim, boxes, n_ours, n_peer, budget, goal in configs:
-        ours = _ours_generation(dim, boxes, n_ours)
-        params = {"dim_room": list(dim), "num_boxes": boxes, "levels": n_peer, "budget_s": budget}
+        ours = _ours_generation((10, 10), 4, 60)
+        params = {"dim_room": [10, 10], "num_boxes": 4, "levels": 8, "budget_s": args.peer_budget}
         theirs = run_peer(GYM_SOKOBAN, "sokoban_generation", params)
         ratio = theirs["s_per_level"] / ours["s_per_level"]
-        out.append(_record(f"sokoban generation ({label})", ours, theirs, ratio, goal, "gym-sokoban"))
+        label = "10x10, 4 boxes, gym-sokoban's default, bare generate_room"
+        out.append(_record(f"sokoban generation ({label})", ours, theirs, ratio, None, "gym-sokoban"))
     return out
 
 
@@ -345,6 +478,19 @@ def ratio_line(rec: dict[str, Any]) -> str:
     return line
 
 
+def _merge_records(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` with every record of the kinds just run (same name up to `` (``) replaced by ``new``."""
+    kinds = {rec["name"].split(" (")[0] for rec in new}
+    merged: list[dict[str, Any]] = []
+    for rec in old:
+        if rec["name"].split(" (")[0] not in kinds:
+            merged.append(rec)
+        elif new:  # new records go where the first replaced one was
+            merged.extend(new)
+            new = []
+    return merged + new
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small samples (a smoke run, not figures to record)")
@@ -374,8 +520,17 @@ def main(argv: list[str] | None = None) -> int:
             print(ratio_line(rec), flush=True)
         print(f"[bench] {bench.__name__} took {time.perf_counter() - t0:.1f} s", flush=True)
         records.extend(recs)
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    for rec in records:
+        rec["command"], rec["quick"] = command, bool(args.quick)
+    if args.only and args.out.exists():  # a partial run replaces only its own records in the file
+        previous = json.loads(args.out.read_text())
+        for rec in previous.get("results", []):
+            rec.setdefault("command", previous.get("command"))
+            rec.setdefault("quick", previous.get("quick"))
+        records = _merge_records(previous.get("results", []), records)
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command,
         "quick": bool(args.quick),
         "machine": {
             "platform": platform.platform(),
