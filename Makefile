@@ -19,7 +19,7 @@ venv: $(PY)
 
 install: $(PY)
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[train]"
 
 install-test: $(PY) system-deps
 	$(PIP) install --quiet $(TORCH)
