@@ -44,6 +44,7 @@ from atlasva.memory import MemoryConfig, SkillMemory, episode_meta  # noqa: E402
 from atlasva.rollout.episode import Episode, Turn  # noqa: E402
 
 UPDATE_BATCH = 16  # episodes per memory update in the cost measurement
+REPEATS = 5  # cost passes; the median is reported
 ARMS = ("none", "heuristics", "canonical", "instance")
 ENVS: dict[str, dict[str, Any]] = {
     "frozenlake": {"config": {"size": 8}, "max_turns": 60, "budget": 6000},
@@ -191,7 +192,6 @@ def perf(name: str, spec: dict[str, Any], seed: int, n_episodes: int) -> dict[st
     """Cost ratios in one run: env step+render (vision), memory update per episode step, injection per obs."""
     env = make_env(name, spec, "vision")
     rng = np.random.default_rng(seed)
-    mem = SkillMemory(MemoryConfig())
     eps: list[Episode] = []
     observations = []
     step_s, steps = 0.0, 0
@@ -214,21 +214,29 @@ def perf(name: str, spec: dict[str, Any], seed: int, n_episodes: int) -> dict[st
         ep.finish("success" if info["metrics"]["success"] else ("failure" if term else "truncated"), info.get("failure"))
         eps.append(ep)
     t_env = step_s / steps
-    t = time.perf_counter()
-    n_upd = 0
-    for i in range(0, len(eps), UPDATE_BATCH):  # a rollout batch: 4 groups of 4 episodes
-        mem.update(eps[i : i + UPDATE_BATCH])
-        n_upd += sum(e.n_turns for e in eps[i : i + UPDATE_BATCH])
-    t_update = (time.perf_counter() - t) / n_upd
-    snap = mem.snapshot()
+    n_upd = sum(e.n_turns for e in eps)
+    # each cost is the median of REPEATS identical passes (a fresh memory / a fresh snapshot each time):
+    # one pass takes tens of milliseconds, and on a shared CPU a single pass is at the mercy of the load
+    passes = []
+    for _ in range(REPEATS):
+        mem = SkillMemory(MemoryConfig())
+        t = time.perf_counter()
+        for i in range(0, len(eps), UPDATE_BATCH):  # a rollout batch: 4 groups of 4 episodes
+            mem.update(eps[i : i + UPDATE_BATCH])
+        passes.append((time.perf_counter() - t) / n_upd)
+    t_update = float(np.median(passes))
     meta = episode_meta(env.env_name, eps[0].level_hash, eps[0].heuristics, cell=eps[0].start_cell)
-    snap.inject(meta, observations[0], 0)  # warm the per-level cache (one per level per batch)
     sample = observations[:: max(1, len(observations) // 200)]
-    t = time.perf_counter()
-    for o in sample:
-        text, images = snap.inject(meta, o, 0)
-        assert text.count("<image>") == len(images)
-    t_inject = (time.perf_counter() - t) / len(sample)
+    passes = []
+    for _ in range(REPEATS):
+        snap = mem.snapshot()
+        snap.inject(meta, observations[0], 0)  # warm the per-level cache (one per level per batch)
+        t = time.perf_counter()
+        for o in sample:
+            text, images = snap.inject(meta, o, 0)
+            assert text.count("<image>") == len(images)
+        passes.append((time.perf_counter() - t) / len(sample))
+    t_inject = float(np.median(passes))
     return {"env_step_render_us": t_env * 1e6, "update_per_step_us": t_update * 1e6, "inject_per_obs_us": t_inject * 1e6,
             "update_ratio": t_update / t_env, "inject_ratio": t_inject / t_env, "images_injected": len(images) - 1}
 
@@ -240,6 +248,8 @@ def main() -> None:
     ap.add_argument("--budget-scale", type=float, default=1.0)
     ap.add_argument("--envs", default="frozenlake,frozenlake-slippery,sokoban")
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    ap.add_argument("--costs-only", action="store_true",
+                    help="only the cost measurement (update per episode step, injection per observation)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "memory_ablation.png"))
     ap.add_argument("--panel", default=str(ROOT / "docs" / "memory_panel.png"))
     ap.add_argument("--memory", nargs="*", default=[], metavar="KEY=VALUE",
@@ -250,6 +260,9 @@ def main() -> None:
         LEARNED_OVERRIDES[k] = json.loads(v) if v not in ("True", "False") else v == "True"
     if args.quick:
         args.seeds, args.train_levels, args.budget_scale = 2, 2, 0.15
+    if args.costs_only:
+        costs_only(args.envs.split(","), 32 if args.quick else 96)
+        return
     qc = QConfig()
     results: dict[str, Any] = {}
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -318,6 +331,18 @@ def main() -> None:
     plot(curves, grids, results, args.out)
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
     print(f"\nplot: {args.out}\npanel: {args.panel}")
+
+
+def costs_only(envs: list[str], n_episodes: int) -> dict[str, dict[str, float]]:
+    """Just the cost ratios (seconds, not minutes): the same ``perf`` the full run reports."""
+    out = {}
+    for name in envs:
+        p = out[name] = perf(name, ENVS[name], 100_000, n_episodes)
+        print(f"{name:<20} env step+render {p['env_step_render_us']:7.1f} us | "
+              f"update {p['update_ratio']:.3f}x ({p['update_per_step_us']:.1f} us per episode step, "
+              f"batches of {UPDATE_BATCH}) | injection {p['inject_ratio']:.3f}x ({p['inject_per_obs_us']:.1f} us, "
+              f"{p['images_injected']} images injected)")
+    return out
 
 
 def learn_panel(env, seed: int, qc: QConfig, mem: SkillMemory, budget: int) -> None:

@@ -275,6 +275,138 @@ def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: flo
     return EpisodeCells(cells, np.minimum(credit, 1.0), bool(episode.success))
 
 
+@dataclass
+class BatchWalk:
+    """One Python walk over the turns of a batch: every visit (and the cell before it, as
+    :func:`episode_cells` builds them) and every primitive move, as flat arrays for numpy."""
+
+    cells: np.ndarray  # V×2 int: all visits, episode after episode
+    before: np.ndarray  # V×2 int: the cell each visit was entered from (itself for a first visit)
+    bounds: np.ndarray  # E+1: episode j's visits are cells[bounds[j]:bounds[j+1]]
+    invalid: list[int]  # visit indices that get the invalid-action credit
+    move_at: np.ndarray  # M: the visit each move leads to (from before[i] to cells[i])
+    actions: list[str]  # M: the move's action string
+    moves: np.ndarray  # E: moves per episode
+    fatal: list[int]  # move indices that ended an episode in a terminal failure
+    ok: bool  # False: some cell is not [row, col] (callers fall back to the per-episode path)
+
+
+def walk_batch(episodes: Sequence[Any]) -> BatchWalk:
+    cur: list[Any] = []
+    prev: list[Any] = []
+    invalid: list[int] = []
+    starts: list[int] = []
+    seg_at: list[int] = []  # per turn with moves: first visit index of its moves, and their number
+    seg_n: list[int] = []
+    acts: list[str] = []
+    fatal: list[int] = []
+    moves: list[int] = []
+    nv = 0  # len(cur)
+    for episode in episodes:
+        base = nv
+        starts.append(base)
+        n_acts = len(acts)
+        start = episode.start_cell
+        if start:
+            cur.append(start)
+            prev.append(start)
+            nv += 1
+        turns = episode.turns
+        last_turn = len(turns) - 1
+        failed = episode.outcome == "failure"
+        for ti, turn in enumerate(turns):
+            tc = turn.cells
+            if tc and nv == base:
+                cur.append(tc[0])
+                prev.append(tc[0])
+                nv += 1
+            k = len(tc) - 1
+            if k > 0:
+                actions = turn.actions
+                na = len(actions)
+                if na:
+                    seg_at.append(nv)
+                    if na <= k:
+                        seg_n.append(na)
+                        acts.extend(actions)
+                        if failed and ti == last_turn and turn.terminated:
+                            fatal.append(len(acts) - 1)
+                    else:
+                        seg_n.append(k)
+                        acts.extend(actions[:k])
+                cur.extend(tc[1:])
+                prev.extend(tc[:-1])
+                nv += k
+            metrics = turn.metrics
+            if metrics and nv > base and metrics.get("action_valid", True) is False and metrics.get("format_valid", True):
+                invalid.append(nv - 1)
+        moves.append(len(acts) - n_acts)
+    total = len(cur)
+    try:
+        cells = np.asarray(cur, dtype=np.int64) if total else np.zeros((0, 2), dtype=np.int64)
+        before = np.asarray(prev, dtype=np.int64) if total else cells
+        ok = cells.ndim == 2 and cells.shape[1] == 2 and before.shape == cells.shape
+    except (TypeError, ValueError):
+        cells = before = np.zeros((0, 2), dtype=np.int64)
+        ok = False
+    if seg_n:
+        sn = np.asarray(seg_n)
+        ends = np.cumsum(sn)
+        move_at = np.repeat(np.asarray(seg_at) - (ends - sn), sn) + np.arange(int(ends[-1]))
+    else:
+        move_at = np.zeros(0, dtype=np.int64)
+    return BatchWalk(cells, before, np.asarray([*starts, total]), invalid, move_at, acts, np.asarray(moves, dtype=np.int64),
+                     fatal, bool(ok))
+
+
+def batch_episode_cells(
+    episodes: Sequence[Any], *, ineffective_weight: float, failure_trace: float, walk: BatchWalk | None = None,
+) -> list[EpisodeCells]:
+    """:func:`episode_cells` of every episode of a batch, with the numpy work done once for the whole
+    batch (the same arrays, as views of one concatenated array)."""
+    if walk is None:
+        walk = walk_batch(episodes)
+    if not walk.ok:  # a malformed cell somewhere: the per-episode path names it
+        return [episode_cells(ep, ineffective_weight=ineffective_weight, failure_trace=failure_trace) for ep in episodes]
+    cells, bounds = walk.cells, walk.bounds
+    lens = np.diff(bounds)
+    credit = np.where((cells == walk.before).all(axis=1), ineffective_weight, 0.0)
+    credit[bounds[:-1][lens > 0]] = 0.0  # an episode's first visit has no move into it
+    if walk.invalid:
+        np.add.at(credit, np.asarray(walk.invalid), ineffective_weight)
+    fails = [j for j, ep in enumerate(episodes)
+             if ep.outcome == "failure" and ep.turns and ep.turns[-1].terminated and lens[j]]
+    if fails:
+        last = bounds[1:][fails] - 1
+        credit[last] = 1.0
+        if failure_trace > 0:
+            for k in (1, 2):
+                at = last[lens[fails] > k] - k
+                credit[at] = np.maximum(credit[at], failure_trace**k)
+    credit = np.minimum(credit, 1.0)
+    return [EpisodeCells(cells[a:b], credit[a:b], bool(ep.success))
+            for ep, a, b in zip(episodes, bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
+_ADVANTAGES: dict[tuple[bool, ...], np.ndarray | None] = {}
+
+
+def _group_advantages(successes: tuple[bool, ...]) -> np.ndarray | None:
+    """Group-relative advantages (r − mean)/(std + 1e-6) of 0/1 returns; None when they do not vary.
+    Cached per success pattern (the same numpy arithmetic, done once per pattern)."""
+    adv = _ADVANTAGES.get(successes, False)
+    if adv is False:
+        returns = np.array([1.0 if s else 0.0 for s in successes])
+        std = float(returns.std()) if len(returns) else 0.0
+        adv = (returns - returns.mean()) / (std + 1e-6) if std > 1e-8 else None
+        if adv is not None:
+            adv.setflags(write=False)
+        if len(_ADVANTAGES) > 4096:
+            _ADVANTAGES.clear()
+        _ADVANTAGES[successes] = adv
+    return adv  # type: ignore[return-value]
+
+
 def accumulate(
     stats: BatchStats,
     groups: Iterable[list[tuple[EpisodeCells, tuple[np.ndarray, np.ndarray] | None]]],
@@ -293,9 +425,7 @@ def accumulate(
     indices: list[tuple[np.ndarray, np.ndarray] | None] = []
     advs: list[float] = []  # NaN: the member's group carries no affinity evidence
     for group in groups:
-        returns = np.array([1.0 if ec.success else 0.0 for ec, _ in group])
-        std = float(returns.std()) if len(returns) else 0.0
-        adv = (returns - returns.mean()) / (std + 1e-6) if std > 1e-8 else None
+        adv = _group_advantages(tuple(ec.success for ec, _ in group))
         for i, (ec, index) in enumerate(group):
             if len(ec.cells):
                 members.append(ec)
@@ -308,14 +438,19 @@ def accumulate(
     member = np.repeat(np.arange(len(members)), lens)
     rows, cols = cells[:, 0].copy(), cells[:, 1].copy()
     if any(ix is not None for ix in indices):  # map level cells to this scope's grid, per distinct map
-        by_map: dict[int, list[int]] = {}
+        which: dict[int, int] = {}  # id(map) -> its number
+        maps: list[tuple[np.ndarray, np.ndarray]] = []
+        code = np.full(len(members), -1)
         for j, ix in enumerate(indices):
             if ix is not None:
-                by_map.setdefault(id(ix), []).append(j)
-        for js in by_map.values():
-            ix = indices[js[0]]
-            assert ix is not None
-            sel = np.isin(member, js)
+                k = which.get(id(ix))
+                if k is None:
+                    k = which[id(ix)] = len(maps)
+                    maps.append(ix)
+                code[j] = k
+        per_visit = code[member]
+        for k, ix in enumerate(maps):
+            sel = per_visit == k if len(maps) > 1 or (code < 0).any() else slice(None)
             r, c = cells[sel, 0], cells[sel, 1]
             rows[sel], cols[sel] = ix[0][r, c], ix[1][r, c]
     ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)

@@ -11,7 +11,6 @@ same level).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,10 +38,11 @@ def _check(img: np.ndarray) -> np.ndarray:
     return img
 
 
-_INDEX: dict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+_INDEX: dict[tuple[int, int, int, int], np.ndarray] = {}
 
 
-def _sample_index(shape: tuple[int, ...], h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_index(shape: tuple[int, ...], h: int, w: int) -> np.ndarray:
+    """Flat pixel indices of the (h·_SUB)×(w·_SUB) strided sample of an H×W frame (cached)."""
     key = (shape[0], shape[1], h, w)
     idx = _INDEX.get(key)
     if idx is None:
@@ -50,16 +50,18 @@ def _sample_index(shape: tuple[int, ...], h: int, w: int) -> tuple[np.ndarray, n
         cols = ((np.arange(w * _SUB) + 0.5) * shape[1] / (w * _SUB)).astype(np.intp)
         if len(_INDEX) > 64:
             _INDEX.clear()
-        idx = _INDEX[key] = (rows[:, None], cols[None, :])
+        idx = _INDEX[key] = (rows[:, None] * shape[1] + cols[None, :]).reshape(-1)
     return idx
 
 
 def _grey(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(height, width) = (size[1], size[0]) grey image: block means of a strided sample (numpy only)."""
+    """(height, width) = (size[1], size[0]) grey image: block means of a strided sample (numpy only;
+    the sample is one ``take`` of whole pixels through a cached flat index)."""
     img = _check(img)
     w, h = size
-    rows, cols = _sample_index(img.shape, h, w)
-    sample = img[rows, cols].astype(np.float32) @ _GREY
+    idx = _sample_index(img.shape, h, w)
+    pixels = img.reshape(-1, 3) if img.flags.c_contiguous else np.ascontiguousarray(img).reshape(-1, 3)
+    sample = pixels.take(idx, axis=0).reshape(h * _SUB, w * _SUB, 3).astype(np.float32) @ _GREY
     return sample.reshape(h, _SUB, w, _SUB).sum(axis=(1, 3)) * (1.0 / (_SUB * _SUB))
 
 
@@ -77,12 +79,43 @@ def feature(img: np.ndarray) -> np.ndarray:
     return (g / n if n > 0 else g).astype(np.float32)
 
 
+_THUMB: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray] | None] = {}
+
+
 def thumbnail(img: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize to ``size``×``size`` (numpy indexing)."""
+    """Nearest-neighbour resize to ``size``×``size`` (numpy indexing; a plain copy when the frame
+    already is ``size``×``size``, whose sample indices are the identity)."""
     img = _check(img)
-    rows = ((np.arange(size) + 0.5) * img.shape[0] / size).astype(np.intp)
-    cols = ((np.arange(size) + 0.5) * img.shape[1] / size).astype(np.intp)
-    return np.ascontiguousarray(img.take(rows, axis=0).take(cols, axis=1))
+    key = (img.shape[0], img.shape[1], int(size))
+    if key not in _THUMB:
+        rows = ((np.arange(size) + 0.5) * img.shape[0] / size).astype(np.intp)
+        cols = ((np.arange(size) + 0.5) * img.shape[1] / size).astype(np.intp)
+        same = len(rows) == img.shape[0] and len(cols) == img.shape[1] and \
+            bool((rows == np.arange(len(rows))).all() and (cols == np.arange(len(cols))).all())
+        if len(_THUMB) > 64:
+            _THUMB.clear()
+        _THUMB[key] = None if same else (rows, cols)
+    idx = _THUMB[key]
+    if idx is None:
+        return np.array(img, order="C", copy=True)
+    return np.ascontiguousarray(img.take(idx[0], axis=0).take(idx[1], axis=1))
+
+
+_FP_INDEX: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def fingerprint(frame: np.ndarray) -> bytes:
+    """Cheap exact key of a frame: the bytes of a strided sample (every ``min(H, W) // 32``-th pixel
+    per axis), read with one ``take`` through a cached flat index."""
+    step = max(1, min(frame.shape[:2]) // 32)
+    if not frame.flags.c_contiguous:
+        return frame[::step, ::step].tobytes()
+    idx = _FP_INDEX.get(frame.shape)
+    if idx is None:
+        if len(_FP_INDEX) > 64:
+            _FP_INDEX.clear()
+        idx = _FP_INDEX[frame.shape] = np.arange(frame.size, dtype=np.intp).reshape(frame.shape)[::step, ::step].reshape(-1)
+    return frame.reshape(-1).take(idx).tobytes()
 
 
 @dataclass
@@ -164,24 +197,27 @@ class ExemplarBank:
         self, kind: str, env: str, level_hash: str, cell: list[int], action: str, frame: np.ndarray | None, now: int,
         *, detail: str = "", steps: int = 0, size: int = 96,
     ) -> Exemplar:
-        """Like ``add(make_exemplar(...))`` but a frame seen before skips the image work: its hash is
-        looked up by a fingerprint of a strided sample (same merge result, much cheaper)."""
-        if frame is not None:
-            frame = _check(frame)
-            step = max(1, min(frame.shape[:2]) // 32)
-            fp = hashlib.blake2b(frame[::step, ::step].tobytes(), digest_size=16).digest()
-            known = self._fingerprints.get(fp)
-            if known is not None:
-                probe = Exemplar(kind, env, level_hash, [int(x) for x in cell], action, detail, int(steps), 1, now,
-                                 hash=known)
-                if self._duplicate(probe) is not None:
-                    return self.add(probe, now)
-            ex = make_exemplar(kind, env, level_hash, cell, action, frame, detail=detail, steps=steps, now=now, size=size)
+        """Like ``add(make_exemplar(...))``, cheaper: a frame seen before gets its hash from an exact
+        fingerprint of a strided sample, and the thumbnail and the retrieval feature are computed only
+        when the frame becomes a new exemplar (a near-duplicate only grows the count of the old one)."""
+        if kind not in KINDS:
+            raise ValueError(f"exemplar kind {kind!r}; accepted: {KINDS}")
+        if frame is None:
+            return self.add(make_exemplar(kind, env, level_hash, cell, action, None, detail=detail, steps=steps, now=now), now)
+        frame = _check(frame)
+        fp = fingerprint(frame)
+        h = self._fingerprints.get(fp)
+        if h is None:
+            h = dhash(frame)
             if len(self._fingerprints) > 16 * self.capacity:
                 self._fingerprints.clear()
-            self._fingerprints[fp] = ex.hash  # type: ignore[assignment]
-            return self.add(ex, now)
-        return self.add(make_exemplar(kind, env, level_hash, cell, action, None, detail=detail, steps=steps, now=now), now)
+            self._fingerprints[fp] = h
+        ex = Exemplar(kind, env, level_hash, [int(x) for x in cell], action, detail, int(steps), 1, now, hash=h)
+        dup = self._duplicate(ex)
+        if dup is not None:
+            return self._merge(dup, ex, now)
+        ex.image, ex.feature = thumbnail(frame, size), feature(frame)
+        return self._insert(ex, now)
 
     def _duplicate(self, ex: Exemplar) -> Exemplar | None:
         for old in self.items:
@@ -199,11 +235,18 @@ class ExemplarBank:
         """Insert (or merge into a near-duplicate: its count grows) and evict beyond capacity."""
         dup = self._duplicate(ex)
         if dup is not None:
-            dup.count += ex.count
-            dup.last_seen = now
-            if ex.kind == "success" and ex.steps and (not dup.steps or ex.steps < dup.steps):
-                dup.steps = ex.steps
-            return dup
+            return self._merge(dup, ex, now)
+        return self._insert(ex, now)
+
+    @staticmethod
+    def _merge(dup: Exemplar, ex: Exemplar, now: int) -> Exemplar:
+        dup.count += ex.count
+        dup.last_seen = now
+        if ex.kind == "success" and ex.steps and (not dup.steps or ex.steps < dup.steps):
+            dup.steps = ex.steps
+        return dup
+
+    def _insert(self, ex: Exemplar, now: int) -> Exemplar:
         ex = replace(ex, last_seen=now)
         self.items.append(ex)
         per_env = [e for e in self.items if e.env == ex.env]

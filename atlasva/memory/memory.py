@@ -31,9 +31,10 @@ from atlasva.memory.atlas import (
     EpisodeCells,
     LevelGeometry,
     accumulate,
-    episode_cells,
+    batch_episode_cells,
     level_view,
     update_atlas,
+    walk_batch,
 )
 from atlasva.memory.exemplars import Exemplar, ExemplarBank, feature, thumbnail
 from atlasva.memory.render import LEGEND, OVERLAY_LEGEND, atlas_colors, atlas_image, overlay, panel, upsample
@@ -433,9 +434,10 @@ class SkillMemory:
             else:
                 known[key] = g
             geoms.append(g)
-        cells: list[EpisodeCells] = [
-            episode_cells(ep, ineffective_weight=cfg.ineffective_weight, failure_trace=cfg.failure_trace) for ep in eps
-        ]
+        walk = walk_batch(eps)  # one Python pass over the turns, for the atlases and the skill counts
+        cells: list[EpisodeCells] = batch_episode_cells(
+            eps, ineffective_weight=cfg.ineffective_weight, failure_trace=cfg.failure_trace, walk=walk
+        )
         self.counters["episodes"] += len(eps)
         self.counters["steps"] += sum(max(len(c.cells) - 1, 0) for c in cells)
         level_groups = [[i for i in g if geoms[i] is not None] for g in self._groups(eps, by_env=False)]
@@ -443,9 +445,10 @@ class SkillMemory:
             self._update_instances(eps, geoms, cells, level_groups, now)
             self._update_canonical(eps, geoms, cells)
         if cfg.exemplars:
-            self._update_exemplars(eps, level_groups, now)
+            self._update_exemplars(eps, cells, now)
         if cfg.skills:
-            self.miner.update([(ep.env_name, self.miner.counts(ep, g)) for ep, g in zip(eps, geoms) if g is not None])
+            per_env = self.miner.batch_counts(list(zip(eps, geoms)), walk=walk)
+            self.miner.update(list(per_env.items()))
         seen_env: set[str] = set()
         for ep in reversed(eps):  # the panel's reference observation: the batch's last episode per env
             if ep.env_name not in seen_env and ep.turns and ep.turns[0].frames:
@@ -503,8 +506,11 @@ class SkillMemory:
                 raise ValueError(f"canonical atlas of {env!r} is {atlas.shape}, config canonical_radius gives {(side, side)}")
             self._canonical[env] = update_atlas(atlas, stats, **self._update_kwargs())
 
-    def _update_exemplars(self, eps, level_groups, now) -> None:  # type: ignore[no-untyped-def]
+    def _update_exemplars(self, eps, cells, now) -> None:  # type: ignore[no-untyped-def]
         cfg = self.config
+
+        def n_cells(i: int) -> int:  # len(ep.cells()): the walk of episode_cells when there is a start cell
+            return len(cells[i].cells) if eps[i].start_cell else len(eps[i].cells())
 
         def key_frame(turn: Any) -> tuple[np.ndarray | None, list[int], str]:
             frame = np.asarray(turn.frames[0]) if turn.frames else None
@@ -512,18 +518,19 @@ class SkillMemory:
             action = turn.actions[-1] if turn.actions else "(no action)"
             return frame, list(cell), action
 
-        for ep in eps:
+        for i, ep in enumerate(eps):
             if ep.outcome == "failure" and ep.turns and ep.turns[-1].terminated:
                 frame, cell, action = key_frame(ep.turns[-1])
                 self.bank.add_frame("failure", ep.env_name, ep.level_hash, cell, action, frame, now,
-                                    detail=ep.failure_kind or "failed", steps=len(ep.cells()) - 1, size=cfg.exemplar_size)
+                                    detail=ep.failure_kind or "failed", steps=n_cells(i) - 1, size=cfg.exemplar_size)
         for g in self._groups(eps, by_env=False):
-            wins = [eps[i] for i in g if eps[i].success and eps[i].turns]
+            wins = [i for i in g if eps[i].success and eps[i].turns]
             if wins:
-                best = min(wins, key=lambda e: len(e.cells()))
+                b = min(wins, key=n_cells)
+                best = eps[b]
                 frame, cell, action = key_frame(best.turns[-1])
                 self.bank.add_frame("success", best.env_name, best.level_hash, cell, action, frame, now,
-                                    steps=len(best.cells()) - 1, size=cfg.exemplar_size)
+                                    steps=n_cells(b) - 1, size=cfg.exemplar_size)
 
     # ------------------------------------------------------------------ persistence
     def _arrays_and_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from atlasva.memory.atlas import LevelGeometry
+from atlasva.memory.atlas import BatchWalk, LevelGeometry, walk_batch
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 WHERE = {"left": "to your left", "right": "to your right", "up": "above you", "down": "below you"}
@@ -179,6 +179,87 @@ class SkillMiner:
                 v[1] += failed
                 v[2] += succ
         return out
+
+    @staticmethod
+    def batch_counts(
+        items: list[tuple[Any, LevelGeometry | None]], walk: BatchWalk | None = None,
+    ) -> dict[str, dict[tuple[str, str], list[float]]]:
+        """:meth:`counts` of a batch of (episode, geometry), summed per env (episodes without a geometry
+        are skipped): numpy over every move of the batch at once, from one :func:`walk_batch` (pass
+        ``walk`` = the walk of exactly these episodes to reuse it). The same integer counts."""
+        if walk is None:
+            walk = walk_batch([ep for ep, _ in items])
+        if not walk.ok or len(walk.moves) != len(items):  # unusual cells: the per-episode path
+            out: dict[str, dict[tuple[str, str], list[float]]] = {}
+            for episode, geom in items:
+                if geom is None:
+                    continue
+                d = out.setdefault(str(episode.env_name), {})
+                for k, v in SkillMiner.counts(episode, geom).items():
+                    acc = d.setdefault(k, [0.0, 0.0, 0.0])
+                    for i in range(3):
+                        acc[i] += v[i]
+            return out
+        if not walk.actions:
+            return {}
+        geo_of: dict[int, int] = {}
+        geoms: list[LevelGeometry] = []
+        envs: dict[str, int] = {}
+        ep_geo, ep_env, ep_succ = [], [], []
+        for episode, geom in items:
+            if geom is None:
+                ep_geo.append(-1)
+            else:
+                g = geo_of.get(id(geom))
+                if g is None:
+                    g = geo_of[id(geom)] = len(geoms)
+                    geoms.append(geom)
+                ep_geo.append(g)
+            ep_env.append(envs.setdefault(str(episode.env_name), len(envs)))
+            ep_succ.append(1.0 if episode.success else 0.0)
+        if not geoms:
+            return {}
+        names: dict[str, int] = {}
+        act_id = np.fromiter((names.setdefault(x, len(names)) for x in walk.actions), dtype=np.int64,
+                             count=len(walk.actions))
+        dirs = _ACTION_DIR
+        for x in names:
+            if x not in dirs:
+                dirs[x] = _DIR_ORDER.index(x.strip().lower()) if x.strip().lower() in DIRECTIONS else -1
+        d = np.asarray([dirs[x] for x in names], dtype=np.int64)[act_id]
+        ep_of = np.repeat(np.arange(len(items)), walk.moves)
+        geo = np.asarray(ep_geo)[ep_of]
+        keep = (d >= 0) & (geo >= 0)
+        a, b = walk.before[walk.move_at], walk.cells[walk.move_at]
+        failed = (a[:, 0] == b[:, 0]) & (a[:, 1] == b[:, 1])
+        if walk.fatal:
+            failed[walk.fatal] = True
+        if len(geoms) == 1:
+            h, w = geoms[0].shape
+            flat, off = tile_table(geoms[0]).reshape(-1), 0
+        else:
+            shapes = np.asarray([gm.shape for gm in geoms], dtype=np.int64)  # G×2
+            sizes = 4 * shapes[:, 0] * shapes[:, 1]
+            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            flat = np.concatenate([tile_table(gm).reshape(-1) for gm in geoms])
+            gk = np.maximum(geo, 0)
+            h, w, off = shapes[gk, 0], shapes[gk, 1], offsets[gk]
+        r = np.minimum(np.maximum(a[:, 0], 0), h - 1)
+        c = np.minimum(np.maximum(a[:, 1], 0), w - 1)
+        tile = flat[off + ((np.maximum(d, 0) * h + r) * w + c)]
+        n_act = len(names)
+        key = ((np.asarray(ep_env)[ep_of] * len(TILES) + tile) * n_act + act_id)[keep]
+        uniq, inv = np.unique(key, return_inverse=True)
+        n = np.bincount(inv, minlength=len(uniq)).tolist()
+        f = np.bincount(inv, weights=failed[keep], minlength=len(uniq)).tolist()
+        sc = np.bincount(inv, weights=np.asarray(ep_succ)[ep_of][keep], minlength=len(uniq)).tolist()
+        env_names, act_names = list(envs), list(names)
+        result: dict[str, dict[tuple[str, str], list[float]]] = {}
+        for j, k in enumerate(uniq.tolist()):
+            rest, ai = divmod(k, n_act)
+            e, t = divmod(rest, len(TILES))
+            result.setdefault(env_names[e], {})[(TILES[t], act_names[ai])] = [float(n[j]), f[j], sc[j]]
+        return result
 
     def update(self, batch: list[tuple[str, Any]]) -> None:
         """``batch``: (env, events) per episode — a list of :meth:`events` tuples or the dict of
