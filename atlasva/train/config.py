@@ -19,7 +19,10 @@ STAGES = ("untrained", "sft", "rl")
 class EnvSection:
     spec: str = "frozenlake"  # configs/envs/<spec>.yaml (env name, config, splits)
     # overrides of the spec's env config (default: the demo's — short answers, gymnasium's fixed corners)
-    config: dict[str, Any] = field(default_factory=lambda: {"format": "no_think", "random_start_goal": False})
+    # (format_penalty: a turn with broken format costs 0.1, so RL repairs format drift instead of ignoring it)
+    config: dict[str, Any] = field(
+        default_factory=lambda: {"format": "no_think", "random_start_goal": False, "format_penalty": 0.1}
+    )
 
 
 @dataclass
@@ -35,7 +38,7 @@ class AlgorithmConfig:
     value_clip: float = 0.2
     vf_coef: float = 0.5
     detach_critic: bool = True  # the value head reads the policy's hidden states without moving them
-    kl_coef: float = 0.0  # KL to the reference (the policy at the start of RL)
+    kl_coef: float = 0.05  # KL to the reference (the policy at the start of RL); 0 = off
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
     loss_agg: str = "token-mean"
