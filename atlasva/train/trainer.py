@@ -174,11 +174,25 @@ class Trainer:
             self.save()
         return self.finish()
 
+    def _reference_model(self) -> Any:
+        """The KL reference: the policy as RL began, kept in the run folder so a resumed run uses the same one."""
+        from safetensors.torch import load_model, save_model  # these handle tied embeddings
+
+        ref = copy.deepcopy(self.policy.model)
+        path = self.run.path / "reference.safetensors"
+        if path.exists():
+            load_model(ref.base, str(path))
+        else:
+            tmp = path.with_name(".reference.tmp")
+            save_model(ref.base, str(tmp))
+            tmp.replace(path)
+        ref.eval()
+        return ref
+
     def _rl_loop(self) -> None:
         cfg, tc = self.cfg, self.cfg.trainer
         if cfg.algorithm.kl_coef > 0:
-            self.ref_model = copy.deepcopy(self.policy.model)
-            self.ref_model.eval()
+            self.ref_model = self._reference_model()
         sampling = copy.deepcopy(self.policy.config.sampling)
         sampling.temperature = tc.temperature
         bar = tqdm(total=tc.steps, initial=self.state["rl_step"], desc="rl", unit="step", disable=None)
