@@ -80,6 +80,11 @@ Yes, no, maybe. First, second, third. Left, right, up, down, ahead, behind, near
 """
 
 
+#: The envs whose text trains the tiny tokenizer: fixed, and all in the core install, so the tokenizer (and
+#: every tiny-model result) is the same whichever extras (e.g. MuJoCo for manipulation) are installed.
+CORPUS_ENVS = ("frozenlake", "navigation", "sokoban")  # the order of envs.names() without manipulation
+
+
 def env_corpus(seeds: tuple[int, int] = (8, 2), max_turns: int = 4) -> Iterator[str]:
     """Text the registered environments write and the answers a policy gives, in every format.
 
@@ -96,7 +101,7 @@ def env_corpus(seeds: tuple[int, int] = (8, 2), max_turns: int = 4) -> Iterator[
             yield formats.answer(acts, fmt)
         yield formats.instructions(fmt, ",", 3)
         yield formats.instructions(fmt, "|", 2)
-    for name in envs.names():
+    for name in CORPUS_ENVS:
         try:
             for fmt in formats.FORMATS:
                 env = envs.make(name, format=fmt, obs_mode="text")
