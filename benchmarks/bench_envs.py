@@ -463,11 +463,36 @@ def bench_frozenlake_step_render(args: argparse.Namespace) -> list[dict[str, Any
     return out
 
 
+def bench_navigation_render(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Navigation frames/s at 224 px vs MuJoCo offscreen rendering at the same size, on one core, and
+    manipulation turns/s. Runs ``bench_nav.py`` in its own process (it pins itself to one core and must
+    choose MuJoCo's GL backend before MuJoCo is imported)."""
+    import re
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_nav.py"), "--frames", "300" if args.quick else "2000"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+    def grab(pattern: str) -> float:
+        m = re.search(pattern, out)
+        if m is None:
+            raise RuntimeError(f"bench_nav.py printed no line matching {pattern!r}:\n{out}")
+        return float(m.group(1))
+
+    nav = grab(r"navigation raycaster \d+px: ([\d.]+) frames/s")
+    mj = grab(r"mujoco offscreen \d+px[^:]*: ([\d.]+) frames/s")
+    turns = grab(r"manipulation .*: ([\d.]+) turns/s")
+    rec = _record("navigation (224 px, one core)", {"frames_per_s": nav, "manipulation_turns_per_s": turns},
+                  {"frames_per_s": mj}, nav / mj, 20.0, "MuJoCo offscreen")
+    return [rec]
+
+
 #: Every comparison, in run order; each takes the parsed args and returns result records.
 COMPARISONS: list[Callable[[argparse.Namespace], list[dict[str, Any]]]] = [
     bench_sokoban_generation,
     bench_sokoban_step_render,
     bench_frozenlake_step_render,
+    bench_navigation_render,
 ]
 
 
