@@ -157,8 +157,6 @@ def cmd_baselines(argv: list[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- main
-
 def cmd_train(argv: list[str]) -> int:
     p = config_parser("atlasva train", "SFT warm start + RL (PPO/GRPO) with the memory.",
                       "trainer.steps=50 memory.enable=false")
@@ -200,6 +198,8 @@ def cmd_serve(argv: list[str]) -> int:
         raise SystemExit(f"error: `atlasva serve` needs the serve extra (pip install 'atlasva[serve]'): {exc}") from None
     return serve_main(argv)
 
+
+# --------------------------------------------------------------------------- main
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "envs": ("list, show and play environments", cmd_envs),
