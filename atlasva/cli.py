@@ -97,11 +97,7 @@ def _play(args: argparse.Namespace) -> int:
         if line in ("quit", "exit", "q"):
             return 0
         if line in ("solve", "hint"):
-            try:
-                plan = env.solve()
-            except NotImplementedError:
-                plan = [env.optimal_action()]
-            print("optimal:", plan)
+            print("optimal:", env.turn_plan())
             continue
         # plain actions ("Up, Left") are wrapped in the format; tagged text is sent as typed
         text = line if "<" in line else formats.answer([a.strip() for a in line.split(env.action_sep)], args.format, action_sep=env.action_sep)

@@ -27,6 +27,10 @@ TEXT_CHARSET = frozenset(string.printable) | frozenset("√×·→←↑↓")
 MAX_OBS_CHARS = 16384
 
 
+class NoSolverError(NotImplementedError):
+    """The env cannot give a whole optimal plan (e.g. stochastic transitions); ask ``optimal_action()``."""
+
+
 def level_hash(rows: list[str] | str) -> str:
     """Content hash of a level, stable across processes (never Python's ``hash()``)."""
     text = rows if isinstance(rows, str) else "\n".join(rows)
@@ -319,8 +323,18 @@ class AtlasEnv(gym.Env, ABC):
 
     # ------------------------------------------------------------------ solvers
     def solve(self) -> list[str]:
-        """Optimal action list from the current state (deterministic envs)."""
-        raise NotImplementedError(f"{type(self).__name__} has no solver; use optimal_action()")
+        """Optimal action list from the current state (deterministic envs). Envs whose transitions are
+        stochastic raise :class:`NoSolverError` and override ``optimal_action()`` instead."""
+        raise NoSolverError(f"{type(self).__name__} gives no whole plan; use optimal_action()")
+
+    def turn_plan(self) -> list[str]:
+        """The optimal actions for one turn: the plan's first ``max_actions_per_turn`` actions, or the
+        single optimal action where there is no whole plan (solver baselines, SFT data, ``envs play``)."""
+        try:
+            plan = self.solve()
+        except NoSolverError:
+            plan = [self.optimal_action()]
+        return plan[: self.max_actions_per_turn]
 
     def optimal_action(self) -> str:
         plan = self.solve()

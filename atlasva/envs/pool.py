@@ -174,9 +174,9 @@ class ShardedEnvPool(EnvPool):
         self._n = 0
         self._done: list[bool] = []
 
+    @abstractmethod
     def _call(self, method: str, per_worker: list[tuple[Any, ...] | None]) -> list[Any]:
         """Call ``method(*args)`` on every worker whose args are not None (in parallel); results in order."""
-        raise NotImplementedError
 
     def _shard(self, items: Sequence[Any]) -> list[list[Any]]:
         return [list(items[w :: self.num_workers]) for w in range(self.num_workers)]

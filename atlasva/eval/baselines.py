@@ -48,11 +48,7 @@ class SolverAgent:
         self.fmt = fmt
 
     def act(self, env: AtlasEnv) -> str:
-        try:
-            plan = env.solve()
-        except NotImplementedError:  # stochastic env: one optimal action at a time
-            plan = [env.optimal_action()]
-        plan = plan[: env.max_actions_per_turn] or [env.action_names[0]]
+        plan = env.turn_plan() or [env.action_names[0]]
         return formats.answer(plan, self.fmt, action_sep=env.action_sep)
 
 

@@ -27,14 +27,6 @@ class Demo:
     loss_mask: list[int]
 
 
-def solver_actions(env: Any) -> list[str]:
-    try:
-        plan = env.solve()
-    except NotImplementedError:  # stochastic env: one optimal action per turn
-        plan = [env.optimal_action()]
-    return plan[: env.max_actions_per_turn]
-
-
 def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: list[int], *, max_turns: int,
                 snapshot: Any = None) -> list[Demo]:
     env = make(env_name, **env_config)
@@ -46,7 +38,7 @@ def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: l
         meta = {"env": env_name, "level_hash": info["level_hash"], "heuristics": info.get("heuristics", {}),
                 "cell": info["cells"][0], "seed": seed}
         for turn in range(max_turns):
-            acts = solver_actions(env)
+            acts = env.turn_plan()
             if not acts:
                 break
             after = copy.deepcopy(env)  # the state after the turn, for <prediction>

@@ -9,7 +9,7 @@ LeRobot layout (as documented by LeRobot; no dependency on the ``lerobot`` packa
   (``task_index``, ``task``), ``meta/episodes_stats.jsonl`` (v2.1) or ``meta/stats.json`` (v2.0);
   one parquet file per episode.
 * v3.0 — ``data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet`` holding many episodes,
-  ``meta/episodes/chunk-XXX/file-XXX.parquet`` (``episode_index``, ``tasks``, ``length``,
+  ``meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet`` (``episode_index``, ``tasks``, ``length``,
   ``dataset_from_index``, ``dataset_to_index``, ``data/chunk_index``, ``data/file_index``),
   ``meta/tasks.parquet`` (``task_index`` plus the task string), ``meta/stats.json``.
 

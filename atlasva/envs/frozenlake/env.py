@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from atlasva import formats
-from atlasva.envs.base import AtlasEnv
+from atlasva.envs.base import AtlasEnv, NoSolverError
 
 FROZEN, HOLE, GOAL = 0, 1, 2
 SYMBOLS = {"_": FROZEN, "O": HOLE, "G": GOAL}
@@ -276,7 +276,7 @@ class FrozenLakeEnv(AtlasEnv):
     def solve(self) -> list[str]:
         """Shortest hole-free path from the current cell (deterministic lake only)."""
         if self.slip_prob > 0:
-            raise NotImplementedError("the lake is slippery: use optimal_action() (value iteration)")
+            raise NoSolverError("the lake is slippery: use optimal_action() (value iteration)")
         if self.grid[self.pos] == HOLE or self.is_success():
             return []
         dist = np.asarray(self.grid_heuristics()["goal_distance"])
