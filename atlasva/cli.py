@@ -141,14 +141,15 @@ def cmd_baselines(argv: list[str]) -> int:
     p = config_parser("atlasva baselines", "Evaluate the optimal solver and a random agent on held-out levels.",
                       "episodes=50 run.resume=false")
     from atlasva.config import to_dict
-    from atlasva.eval.baselines import BaselinesConfig, format_table, run_baselines
+    from atlasva.eval.baselines import BaselinesConfig, run_baselines
+    from atlasva.runs import format_summary
 
     loaded = load_command_config(BaselinesConfig, p.parse_args(argv))
     if loaded is None:
         return 0
     cfg, name = loaded
     summary = run_baselines(cfg, f"baselines-{name}", to_dict(cfg))
-    print(format_table(summary))
+    print(format_summary(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
     return 0
 
@@ -156,15 +157,15 @@ def cmd_baselines(argv: list[str]) -> int:
 def cmd_train(argv: list[str]) -> int:
     p = config_parser("atlasva train", "SFT warm start + RL (PPO/GRPO) with the memory.",
                       "trainer.steps=50 memory.enable=false")
+    from atlasva.runs import format_summary
     from atlasva.train import TrainConfig, Trainer
-    from atlasva.train.trainer import format_summary_table
 
     loaded = load_command_config(TrainConfig, p.parse_args(argv))
     if loaded is None:
         return 0
     cfg, name = loaded
     summary = Trainer(cfg, name).train()
-    print(format_summary_table(summary))
+    print(format_summary(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
     return 0
 

@@ -71,6 +71,23 @@ def summarize_episodes(records: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The ``summary.json`` evaluation as a table; an ``env`` column where stages break down per env."""
+    by_env = any("per_env" in s for s in summary["eval"].values())
+    head = f"{'stage':<10} " + (f"{'env':<11} " if by_env else "")
+    lines = [head + f"{'episodes':>8} {'success':>8} {'95% CI':>15} {'turns':>6} {'format':>7}"]
+    for stage, s in summary["eval"].items():
+        rows = [*s.get("per_env", {}).items(), ("all", s)] if by_env else [("", s)]
+        for env, st in rows:
+            lo, hi = st["success_ci95"]
+            lines.append(
+                f"{stage:<10} " + (f"{env:<11} " if by_env else "")
+                + f"{st['episodes']:>8} {st['success_rate']:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} "
+                f"{st['mean_turns']:>6.2f} {st['format_valid_rate']:>7.2f}"
+            )
+    return "\n".join(lines)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)

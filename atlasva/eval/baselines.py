@@ -144,16 +144,3 @@ def run_baselines(cfg: BaselinesConfig, config_name: str = "baselines", config_d
     run.close()
     summary["run_dir"] = str(run.path)
     return summary
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'stage':<8} {'env':<11} {'episodes':>8} {'success':>8} {'95% CI':>15} {'turns':>6} {'format':>7}"]
-    for stage, s in summary["eval"].items():
-        rows = [(env, st) for env, st in s.get("per_env", {}).items()] + [("all", s)]
-        for env, st in rows:
-            lo, hi = st["success_ci95"]
-            lines.append(
-                f"{stage:<8} {env:<11} {st['episodes']:>8} {st['success_rate']:>8.3f} "
-                f"{f'[{lo:.3f}, {hi:.3f}]':>15} {st['mean_turns']:>6.2f} {st['format_valid_rate']:>7.2f}"
-            )
-    return "\n".join(lines)

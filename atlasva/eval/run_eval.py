@@ -64,7 +64,7 @@ def run_eval(cfg: Any, name: str) -> dict[str, Any]:
 
 def eval_main(argv: list[str]) -> int:
     from atlasva.cli import config_parser, load_command_config
-    from atlasva.train.trainer import format_summary_table
+    from atlasva.runs import format_summary
 
     p = config_parser("atlasva eval", "Evaluate a checkpoint or a served model on held-out levels.",
                       "episodes=50 env.spec=sokoban")
@@ -80,6 +80,6 @@ def eval_main(argv: list[str]) -> int:
     if loaded is None:
         return 0
     summary = run_eval(*loaded)
-    print(format_summary_table(summary))
+    print(format_summary(summary))
     print(f"run folder: {summary['run_dir']}")
     return 0

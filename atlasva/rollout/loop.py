@@ -23,6 +23,7 @@ from typing import Any
 
 from atlasva.envs.pool import EnvPool
 from atlasva.envs.registry import make
+from atlasva.memory import episode_meta
 from atlasva.rollout.episode import Episode, Turn
 
 MIN_TURN_TOKENS = 4  # never start a turn that cannot hold at least this many generated tokens
@@ -154,8 +155,7 @@ class AgentLoop:
                 start_cell=info["cells"][0],
                 heuristics=info.get("heuristics", {}),
             )
-            meta = {"env": req.env, "level_hash": ep.level_hash, "heuristics": ep.heuristics,
-                    "cell": ep.start_cell, "seed": req.seed}
+            meta = episode_meta(req.env, ep.level_hash, ep.heuristics, ep.start_cell, req.seed)
             slots.append(_Slot(ep, meta, self.system_prompt(req.env, req.config), obs))
 
         samples: list[Sample] = []
@@ -273,13 +273,14 @@ class AgentLoop:
             for idx, s in enumerate(slots):
                 n = len(s.turn_ends)
                 samples.append(Sample(s.seq, s.mask, list(s.turn_ends), list(range(n)), s.logps, idx))
-        for idx, s in enumerate(slots):
-            s.episode.tokens = {
-                "n_tokens": int(sum(len(x) for x in samples if x.episode_index == idx)),
-                "n_generated": int(sum(sum(x.loss_mask) for x in samples if x.episode_index == idx)),
-            }
+        for s in slots:
+            s.episode.tokens = {"n_tokens": 0, "n_generated": 0}
+        for x in samples:  # one pass: per-turn samples add up per episode
+            counts = slots[x.episode_index].episode.tokens
+            counts["n_tokens"] += len(x)
+            counts["n_generated"] += sum(x.loss_mask)
         wall = time.perf_counter() - t_start
-        n_gen = sum(sum(x.loss_mask) for x in samples)
+        n_gen = sum(s.episode.tokens["n_generated"] for s in slots)
         stats = {
             "rollout/wall_s": wall,
             "rollout/generate_s": t_gen,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from atlasva import formats
 from atlasva.envs.registry import make
+from atlasva.memory import episode_meta
 from atlasva.policy.processor import content_from_obs
 from atlasva.rl import all_finite
 
@@ -35,8 +36,7 @@ def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: l
     demos: list[Demo] = []
     for seed in seeds:
         obs, info = env.reset(seed=seed)
-        meta = {"env": env_name, "level_hash": info["level_hash"], "heuristics": info.get("heuristics", {}),
-                "cell": info["cells"][0], "seed": seed}
+        meta = episode_meta(env_name, info["level_hash"], info.get("heuristics", {}), info["cells"][0], seed)
         for turn in range(max_turns):
             acts = env.turn_plan()
             if not acts:

@@ -10,7 +10,6 @@ and none is lost (metrics past the checkpoint are dropped and the steps redone, 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -304,16 +303,3 @@ def plot_curves(run: RunFolder) -> Path | None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def format_summary_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'stage':<10} {'episodes':>8} {'success':>8} {'95% CI':>15} {'turns':>6} {'format':>7}"]
-    for stage, s in summary["eval"].items():
-        lo, hi = s["success_ci95"]
-        lines.append(f"{stage:<10} {s['episodes']:>8} {s['success_rate']:>8.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} "
-                     f"{s['mean_turns']:>6.2f} {s['format_valid_rate']:>7.2f}")
-    return "\n".join(lines)
-
-
-def load_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
