@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_serve_support import (
+from serve_support import (
     TESTS_DIR,
     TINY,
     ServerProcess,

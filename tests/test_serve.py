@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from test_serve_support import (
+from serve_support import (
     PROBE,
     TINY,
     ServerProcess,

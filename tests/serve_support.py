@@ -230,7 +230,7 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO), env.get("PYTHONPATH", "")])
         cmd = [sys.executable, "-m", "atlasva.serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--import", "test_serve_support", *self.args]
+        cmd += ["--import", "serve_support", *self.args]
         if self.token:
             cmd += ["--token", self.token]
         if self._err is not None:
