@@ -51,6 +51,24 @@ def test_offscreen_renderer_on_a_plain_model() -> None:
         OffscreenRenderer(model, 128, 128, "top")
 
 
+def test_closing_one_renderer_leaves_another_intact() -> None:
+    # mujoco.Renderer.close() alone deletes its GL objects in whichever context is current, which
+    # turned a second live renderer's frames into noise (seen with two Meta-World tasks in one process).
+    model = mujoco.MjModel.from_xml_string(XML)
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    first = OffscreenRenderer(model, 32, 32, "top")
+    reference = first.render(data)
+    second = OffscreenRenderer(model, 32, 32, "top")
+    first.close()
+    third = OffscreenRenderer(model, 32, 32, "top")
+    np.testing.assert_array_equal(second.render(data), reference)
+    np.testing.assert_array_equal(third.render(data), reference)
+    second.close()
+    np.testing.assert_array_equal(third.render(data), reference)
+    third.close()
+
+
 def test_metaworld_expert_and_one_closed_loop_episode() -> None:
     sim = MetaWorldTask("reach-v3", image_size=32, max_steps=150)
     try:

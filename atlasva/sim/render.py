@@ -73,9 +73,19 @@ class OffscreenRenderer:
         return np.array(frame, copy=True)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None  # type: ignore[assignment]
+        r = self._renderer
+        if r is None:
+            return
+        # mujoco.Renderer.close() frees the GL context first and then the MjrContext, whose GL deletes
+        # (textures, framebuffers by id) then run in whichever context is current — another live
+        # renderer's, which turns its frames into noise. Free our GL objects in our own context first.
+        gl, mjr = getattr(r, "_gl_context", None), getattr(r, "_mjr_context", None)
+        if gl is not None and mjr is not None:
+            gl.make_current()
+            mjr.free()
+            r._mjr_context = None
+        r.close()
+        self._renderer = None  # type: ignore[assignment]
 
     def __enter__(self) -> OffscreenRenderer:
         return self
