@@ -213,6 +213,32 @@ def test_logprobs_match_generate_scores(pm: PolicyModel) -> None:
             assert argmax == outs[1].token_ids
 
 
+@pytest.mark.parametrize("layout,resolves", [("interleaved", True), ("chunked", False)])
+def test_tiny_rope_tells_image_rows_and_columns_apart(layout: str, resolves: bool) -> None:
+    # the rotary angle between two neighbouring image cells, per axis: a tiny LM can only tell cells apart
+    # (and so see the board) when some frequency turns them clearly apart
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+
+    from atlasva.policy.config import TinyModelConfig
+    from atlasva.policy.model import tiny_model_config
+    from atlasva.policy.tokenizer import build_tokenizer as _build
+
+    config = tiny_model_config(TinyModelConfig(mrope_layout=layout), _build())
+    rotary = Qwen2_5_VLRotaryEmbedding(config.text_config)
+    x = torch.zeros(1, 1, 8)
+    base = torch.tensor([20, 20, 20])
+    for axis in (1, 2):  # image row (h), image column (w)
+        moved = base.clone()
+        moved[axis] += 1
+        pos = torch.stack([base, moved], dim=1)[:, None, :]  # (3, 1, 2)
+        cos, sin = rotary(x, pos)
+        angle = torch.atan2(sin, cos)  # (1, 2, head_dim)
+        largest = (angle[0, 1] - angle[0, 0]).abs().max().item()
+        assert (largest > 0.25) == resolves, (layout, axis, largest)
+    with pytest.raises(ValueError, match="mrope_layout"):
+        tiny_model_config(TinyModelConfig(mrope_layout="spiral"), _build())
+
+
 # --------------------------------------------------------------------------- save / load / value head
 def test_save_load_by_path_identical_logits(pm: PolicyModel, tmp_path: Path) -> None:
     batch = pm.processor.collate([pm.processor.encode_prompt(_prompt(2))])

@@ -102,3 +102,52 @@ def test_stats_report_generation_share(policy):
     assert 0.0 <= res.stats["rollout/outside_generate_share"] < 1.0
     assert res.stats["rollout/gen_tokens_per_s"] > 0
     assert np.isfinite(list(res.stats.values())).all()
+
+
+class _ReplayBackend:
+    """Answers each generate call with the next scripted answer (one episode at a time)."""
+
+    def __init__(self, processor, answers):
+        self.processor, self.answers = processor, list(answers)
+
+    def generate(self, prompts, *, seed=None, sampling=None):
+        from atlasva.policy.backends import GenerationOutput
+
+        text = self.answers.pop(0)
+        ids = self.processor.encode_text(text).input_ids + [self.processor.eos_token_id]
+        return [GenerationOutput(token_ids=ids, text=text, logprobs=[0.0] * len(ids), finish_reason="stop")]
+
+
+@pytest.mark.parametrize("concat,window", [(True, 0), (False, 1)])
+def test_sft_demos_match_the_loop_layout(policy, concat, window):
+    # SFT must train on the very sequences a rollout builds: replaying the solver's answers through the
+    # agent loop gives the demos token for token (images included) and the same loss mask
+    from atlasva.envs.registry import make
+    from atlasva.train.sft import build_demos
+
+    config = {"format": "no_think", "random_start_goal": False}
+    memory = SkillMemory(MemoryConfig(inject_exemplars=False, inject_skills=False))
+    snap = memory.snapshot()
+    seed = 1000001
+    demos = build_demos(policy, "frozenlake", config, [seed], max_turns=5, snapshot=snap, concat=concat, window=window)
+    env = make("frozenlake", **config)
+    env.reset(seed=seed)
+    answers = []
+    while True:
+        plan = env.turn_plan()
+        answers.append(f"<answer>{', '.join(plan)}</answer>")
+        _, _, terminated, truncated, _ = env.step(answers[-1])
+        if terminated or truncated:
+            break
+    assert len(answers) >= 2  # a multi-turn episode, or the test proves little
+    replay = Policy(_ReplayBackend(policy.processor, answers), model=policy.model, config=policy.config)
+    loop = AgentLoop(replay, InProcessEnvPool(), RolloutConfig(max_turns=5, max_tokens_per_turn=40, concat=concat,
+                                                                window=window))
+    res = loop.run([EpisodeRequest("frozenlake", seed, config)], snap, seed=0)
+    assert res.episodes[0].success
+    assert len(demos) == len(res.samples) == (1 if concat else len(answers))
+    for demo, sample in zip(demos, res.samples):
+        assert demo.encoded.input_ids == sample.encoded.input_ids
+        assert demo.loss_mask == sample.loss_mask
+        torch.testing.assert_close(demo.encoded.pixel_values, sample.encoded.pixel_values)
+        assert torch.equal(demo.encoded.image_grid_thw, sample.encoded.image_grid_thw)

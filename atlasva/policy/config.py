@@ -21,6 +21,10 @@ class TinyModelConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 8192
     rope_theta: float = 10000.0
+    #: how the rotary frequencies split over (time, row, column): "interleaved" cycles t,h,w so each axis
+    #: spans the whole spectrum; "chunked" is Qwen2.5-VL's own split, which leaves image columns ~0.003
+    #: rad apart at this size (the tiny LM cannot tell cells apart)
+    mrope_layout: str = "interleaved"
     vision_hidden_size: int = 64
     vision_intermediate_size: int = 128
     vision_depth: int = 2

@@ -74,12 +74,25 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- the tiny default
-def _mrope_section(head_dim: int) -> list[int]:
-    """Qwen2.5-VL splits the rotary half-dim as t:h:w = 1:1.5:1.5 (16/24/24 of 64)."""
+def _mrope_section(head_dim: int, layout: str = "interleaved") -> list[int]:
+    """How the rotary half-dim splits over (t, h, w).
+
+    ``chunked``: Qwen2.5-VL's own split (t:h:w = 1:1.5:1.5, in frequency order). It leaves image columns
+    the lowest frequencies: at head_dim 32 and θ = 10⁴ adjacent columns differ by 0.003 rad, so a tiny LM
+    cannot tell cells apart and learns a blind plan (measured: SFT success 0.425 = the best fixed plan's
+    0.42 on 4×4 lakes, whatever the amount of SFT data). ``interleaved``: Qwen2.5-VL's rotary embedding
+    cycles through its sections (``i % 3``), so one-frequency sections give each axis the whole spectrum
+    (Qwen3-VL's layout); adjacent rows / columns then differ by 0.56 / 0.32 rad. Text is unaffected (its
+    t, h and w positions are equal). Loaded checkpoints keep their own split.
+    """
     half = head_dim // 2
-    t = max(1, half // 4)
-    h = (half - t) // 2
-    return [t, h, half - t - h]
+    if layout == "interleaved":
+        return [1] * half
+    if layout == "chunked":
+        t = max(1, half // 4)
+        h = (half - t) // 2
+        return [t, h, half - t - h]
+    raise ValueError(f"tiny.mrope_layout={layout!r}; accepted: interleaved, chunked")
 
 
 def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
@@ -102,7 +115,7 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         "num_attention_heads": cfg.num_attention_heads,
         "num_key_value_heads": cfg.num_key_value_heads,
         "max_position_embeddings": cfg.max_position_embeddings,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": _mrope_section(head_dim)},
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": _mrope_section(head_dim, cfg.mrope_layout)},
         "use_sliding_window": False,
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "bos_token_id": None,
@@ -135,7 +148,7 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
 def _tiny_fingerprint(cfg: TinyModelConfig) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {"tiny": asdict(cfg), "version": 1}
+    return {"tiny": asdict(cfg), "version": 2}  # 2: interleaved M-RoPE
 
 
 def create_tiny_policy(directory: str | Path, cfg: TinyModelConfig | None = None, *, corpus: Sequence[str] | None = None) -> Path:

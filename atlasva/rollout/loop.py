@@ -122,16 +122,7 @@ class AgentLoop:
         return obs["text"], list(obs["images"])
 
     def _turn_prompt(self, slot: _Slot, text: str, images: list[Any]) -> Any:
-        """Non-concatenated prompt: system, the last ``window`` turns as history, the current observation."""
-        from atlasva.policy.processor import content_from_obs
-
-        messages: list[dict[str, Any]] = [{"role": "system", "content": slot.system}]
-        w = self.config.window
-        for user_text, user_images, answer in (slot.history[-w:] if w else []):
-            messages.append({"role": "user", "content": content_from_obs(user_text, user_images)})
-            messages.append({"role": "assistant", "content": answer})
-        messages.append({"role": "user", "content": content_from_obs(text, images)})
-        return self.policy.encode_prompt(messages)
+        return self.policy.encode_prompt(turn_messages(slot.system, slot.history, text, images, self.config.window))
 
     # ------------------------------------------------------------------ run
     def run(self, requests: list[EpisodeRequest], snapshot: Any = None, *, seed: int = 0, sampling: Any = None) -> RolloutResult:
@@ -294,6 +285,19 @@ class AgentLoop:
     def _finish(slot: _Slot, outcome: str, kind: str | None = None) -> None:
         slot.episode.finish(outcome, kind)
         slot.done = True
+
+
+def turn_messages(system: str, history: list[tuple[str, list[Any], str]], text: str, images: list[Any],
+                  window: int) -> list[dict[str, Any]]:
+    """Non-concatenated prompt: system, the last ``window`` turns of (user text, images, answer), the observation."""
+    from atlasva.policy.processor import content_from_obs
+
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for user_text, user_images, answer in (history[-window:] if window else []):
+        messages.append({"role": "user", "content": content_from_obs(user_text, user_images)})
+        messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "user", "content": content_from_obs(text, images)})
+    return messages
 
 
 def _with_max_new_tokens(sampling: Any, n: int) -> Any:

@@ -29,7 +29,15 @@ class Demo:
 
 
 def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: list[int], *, max_turns: int,
-                snapshot: Any = None) -> list[Demo]:
+                snapshot: Any = None, concat: bool = True, window: int = 0) -> list[Demo]:
+    """Solver demonstrations laid out exactly as the agent loop lays out rollouts.
+
+    ``concat``: one demo per episode — the first prompt, each answer, the next user turn, … (loss on the
+    answers); otherwise one demo per turn with the last ``window`` turns as history. A model trained on
+    one layout and rolled out in the other sees contexts it never saw (measured: once the tiny policy
+    could see, single-turn SFT broke its format on second turns of concatenated rollouts)."""
+    from atlasva.rollout.loop import turn_messages
+
     env = make(env_name, **env_config)
     proc = policy.processor
     system = env.system_prompt()
@@ -37,6 +45,9 @@ def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: l
     for seed in seeds:
         obs, info = env.reset(seed=seed)
         meta = episode_meta(env_name, info["level_hash"], info.get("heuristics", {}), info["cells"][0], seed)
+        history: list[tuple[str, list[Any], str]] = []
+        seq: Any = None
+        mask: list[int] = []
         for turn in range(max_turns):
             acts = env.turn_plan()
             if not acts:
@@ -51,15 +62,28 @@ def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: l
                 prediction=formats.describe(after.relations(after.state())),
             )
             shown_text, shown_images = snapshot.inject(meta, obs, turn) if snapshot is not None else (obs["text"], obs["images"])
-            prompt = policy.encode_prompt(
-                [{"role": "system", "content": system}, {"role": "user", "content": content_from_obs(shown_text, list(shown_images))}]
-            )
+            shown_images = list(shown_images)
             answer_ids = proc.encode_text(text).input_ids + [proc.eos_token_id]
-            demos.append(Demo(prompt + answer_ids, [0] * len(prompt) + [1] * len(answer_ids)))
+            if concat:
+                if seq is None:
+                    seq = policy.encode_prompt(
+                        [{"role": "system", "content": system}, {"role": "user", "content": content_from_obs(shown_text, shown_images)}]
+                    )
+                else:
+                    seq = seq + policy.encode_user_turn(content_from_obs(shown_text, shown_images))
+                mask += [0] * (len(seq) - len(mask))
+                seq = seq + answer_ids
+                mask += [1] * len(answer_ids)
+            else:
+                prompt = policy.encode_prompt(turn_messages(system, history, shown_text, shown_images, window))
+                demos.append(Demo(prompt + answer_ids, [0] * len(prompt) + [1] * len(answer_ids)))
+            history.append((shown_text, shown_images, text))
             obs, _, terminated, truncated, info = env.step(text)
             meta["cell"] = info["cells"][-1]
             if terminated or truncated:
                 break
+        if concat and seq is not None:
+            demos.append(Demo(seq, mask))
     env.close()
     return demos
 

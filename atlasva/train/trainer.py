@@ -157,10 +157,11 @@ class Trainer:
             if cfg.sft.enable:
                 snap = self.memory.snapshot() if cfg.memory.enable else None
                 demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds,
-                                    max_turns=cfg.rollout.max_turns, snapshot=snap)
+                                    max_turns=cfg.rollout.max_turns, snapshot=snap, concat=cfg.rollout.concat,
+                                    window=cfg.rollout.window)
                 sft_stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                                       batch_size=cfg.sft.batch_size, seed=cfg.trainer.seed)
-                print(f"[sft] {int(sft_stats['sft/demos'])} demonstration turns, final loss {sft_stats['sft/final_loss']:.3f}")
+                print(f"[sft] {int(sft_stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), final loss {sft_stats['sft/final_loss']:.3f}")
                 if "sft" in stages:
                     self.evaluate("sft")
             self.state["stage"] = "rl"
