@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
@@ -101,8 +102,11 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         MetaWorldTask("reach-v9")
 
 
-def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("cameras", [["corner2"], ["corner2", "behindGripper"]])
+def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                      cameras: list[str]) -> None:
     from atlasva.vla.cli import vla_main
+    from atlasva.vla.data import LeRobotDataset
 
     monkeypatch.chdir(tmp_path)
     cfg = Path(__file__).resolve().parents[1] / "configs" / "vla" / "metaworld-tiny.yaml"
@@ -112,9 +116,12 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
              "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
              f"collect.dataset={tmp_path / 'ds'}", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "train.checkpoint_every=2", "train.num_threads=1", "eval.episodes_per_task=1", "eval.num_threads=1",
-             "eval.expert_baseline=false", "run.root=runs"]
+             "eval.expert_baseline=false", "run.root=runs", f"sim.cameras=[{','.join(cameras)}]"]
     assert vla_main(["collect", str(cfg), *small]) == 0
     assert (tmp_path / "ds" / "meta" / "info.json").exists()
+    image_features = sorted(k for k, f in LeRobotDataset(tmp_path / "ds").features.items() if f["dtype"] == "image")
+    assert image_features == (["observation.image"] if len(cameras) == 1
+                              else sorted(f"observation.images.{c}" for c in cameras))
     assert vla_main(["train", str(cfg), *small]) == 0
     assert vla_main(["eval", str(cfg), *small, "eval.max_steps=8"]) == 0
     (run,) = list((tmp_path / "runs").iterdir())
@@ -124,5 +131,13 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     assert stage["per_task"]["reach-v3"]["episodes"] == 1
     assert (run / "episodes-sft.jsonl").exists() and (run / "contact-sft-reach-v3.png").exists()
     assert (run / "metrics.jsonl").read_text().count("train/loss") == 2
+    sheet = Image.open(run / "contact-sft-reach-v3.png")
+    assert sheet.size[0] == 8 * 32 * len(cameras)  # the views side by side, 8 columns
+    # a checkpoint evaluated with other cameras than it was trained on: a clear error
+    other = [*small[:-1], "sim.cameras=[corner3]" if len(cameras) > 1 else "sim.cameras=[corner2,corner3]"]
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    capsys.readouterr()
+    assert vla_main(["eval", str(cfg), *other, "eval.max_steps=8", f"eval.checkpoint={ckpt}"]) == 1
+    assert "trained on" in capsys.readouterr().err
     # bad input: an unknown key names the nearest valid one
     assert vla_main(["train", str(cfg), "train.stepz=3"]) == 2

@@ -73,7 +73,8 @@ class SimSection:
     suite: str = "metaworld"
     tasks: list[str] = field(default_factory=_default_tasks)
     instructions: dict[str, Any] = field(default_factory=_default_instructions)
-    camera: str = "corner2"
+    #: one frame per camera per query; several views meet in the aggregator's global attention
+    cameras: list[str] = field(default_factory=lambda: ["corner2"])
     flip_vertical: bool = True  # Meta-World's corner cameras are mounted upside down
     image_size: int = 128
     max_steps: int = 150

@@ -533,7 +533,7 @@ def _libero_instruction(attrs: Any, path: Path) -> str:
 class ChunkData:
     """Flat frame arrays for chunked behaviour cloning (everything in memory)."""
 
-    images: np.ndarray  # uint8 [N, H, W, 3]
+    images: np.ndarray  # uint8 [N, H, W, 3], or [N, S, H, W, 3] for S cameras
     actions: np.ndarray  # float32 [N, A] (normalised)
     episode: np.ndarray  # int64 [N]
     task_id: np.ndarray  # int64 [N]
@@ -569,19 +569,26 @@ class ChunkData:
 
 
 def load_lerobot_for_training(
-    root: str | Path, image_key: str, action_key: str = "action", state_key: str | None = None
+    root: str | Path, image_key: str | Sequence[str], action_key: str = "action", state_key: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list[str], np.ndarray]:
-    """(images, actions, states, episode ids, task strings, per-frame task ids) of a whole dataset."""
+    """(images, actions, states, episode ids, task strings, per-frame task ids) of a whole dataset.
+
+    ``image_key`` names one camera (images [N, H, W, 3]) or several (images [N, S, H, W, 3], in order)."""
     ds = LeRobotDataset(root)
-    for key in (image_key, action_key, *([state_key] if state_key else [])):
+    image_keys = [image_key] if isinstance(image_key, str) else list(image_key)
+    for key in (*image_keys, action_key, *([state_key] if state_key else [])):
         if key not in ds.features:
             raise DatasetError(f"{root}: feature {key!r} not found; the dataset has {sorted(ds.features)}")
     images, actions, states, eps, task_ids = [], [], [], [], []
     task_names: dict[str, int] = {}
     for ep in ds.episodes:
-        keys = [image_key, action_key] + ([state_key] if state_key else [])
+        keys = [*image_keys, action_key] + ([state_key] if state_key else [])
         d = ds.read_episode(ep.index, keys)
-        images.append(d[image_key])
+        views = [d[k] for k in image_keys]
+        if len({v.shape for v in views}) != 1:
+            raise DatasetError(f"{root}: episode {ep.index} cameras differ in shape: "
+                               f"{ {k: v.shape for k, v in zip(image_keys, views)} }")
+        images.append(views[0] if isinstance(image_key, str) else np.stack(views, axis=1))
         actions.append(np.asarray(d[action_key], dtype=np.float32).reshape(ep.length, -1))
         if state_key:
             states.append(np.asarray(d[state_key], dtype=np.float32).reshape(ep.length, -1))

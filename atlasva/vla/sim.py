@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,16 +25,29 @@ from atlasva.sim.render import OffscreenRenderer, configure_headless
 from atlasva.vla.config import VLAConfig
 from atlasva.vla.data import ChunkData, LeRobotWriter, Normalizer, compute_stats, load_lerobot_for_training
 
-IMAGE_KEY = "observation.image"
+IMAGE_KEY = "observation.image"  # one camera; several cameras: observation.images.<camera> (LeRobot's naming)
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 
 
-class MetaWorldTask:
-    """One Meta-World task with seeded resets, its scripted expert and an offscreen camera."""
+def image_keys(cameras: Sequence[str]) -> list[str]:
+    """Dataset keys of the camera frames: ``observation.image`` for one camera, else one key per camera."""
+    if not cameras:
+        raise ValueError("sim.cameras is empty; give at least one camera, e.g. [corner2]")
+    if len(set(cameras)) != len(cameras):
+        raise ValueError(f"sim.cameras lists a camera twice: {list(cameras)}")
+    return [IMAGE_KEY] if len(cameras) == 1 else [f"observation.images.{c}" for c in cameras]
 
-    def __init__(self, task: str, image_size: int = 128, camera: str = "corner2", flip_vertical: bool = True,
-                 max_steps: int = 150) -> None:
+
+class MetaWorldTask:
+    """One Meta-World task with seeded resets, its scripted expert and one offscreen renderer per camera.
+
+    Several cameras give the policy several views of one moment, which the VGGT-style aggregator
+    relates through its global attention — a single fixed view cannot tell how far away a floating
+    goal is (reach-v3's goal varies in depth along the camera ray)."""
+
+    def __init__(self, task: str, image_size: int = 128, cameras: Sequence[str] | str = ("corner2",),
+                 flip_vertical: bool = True, max_steps: int = 150) -> None:
         configure_headless()
         try:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
@@ -52,7 +65,9 @@ class MetaWorldTask:
         self.env.max_path_length = max(self.env.max_path_length, max_steps + 1)
         self.expert = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
-        self.renderer = OffscreenRenderer(self.env.model, image_size, image_size, camera, flip_vertical)
+        self.cameras = [cameras] if isinstance(cameras, str) else list(cameras)
+        image_keys(self.cameras)  # validates the list
+        self.renderers = [OffscreenRenderer(self.env.model, image_size, image_size, c, flip_vertical) for c in self.cameras]
         self.obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> np.ndarray:
@@ -65,7 +80,12 @@ class MetaWorldTask:
         return self.obs[:4].astype(np.float32)
 
     def image(self) -> np.ndarray:
-        return self.renderer.render(self.env.data)
+        """The first camera's frame, uint8 H×W×3."""
+        return self.renderers[0].render(self.env.data)
+
+    def images(self) -> np.ndarray:
+        """Every camera's frame, uint8 [S, H, W, 3] (S = len(cameras))."""
+        return np.stack([r.render(self.env.data) for r in self.renderers])
 
     def expert_action(self) -> np.ndarray:
         assert self.obs is not None, "call reset() first"
@@ -84,7 +104,8 @@ class MetaWorldTask:
         return bool(info["success"])
 
     def close(self) -> None:
-        self.renderer.close()
+        for r in self.renderers:
+            r.close()
         self.env.close()
 
 
@@ -110,8 +131,9 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             return json.loads((root / "meta" / "info.json").read_text())
         shutil.rmtree(root)
     size = cfg.sim.image_size
+    keys = image_keys(cfg.sim.cameras)
     features = {
-        IMAGE_KEY: {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]},
+        **{k: {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]} for k in keys},
         STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
         ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
     }
@@ -119,7 +141,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     t0 = time.time()
     stats: dict[str, Any] = {}
     for task in cfg.sim.tasks:
-        sim = MetaWorldTask(task, size, cfg.sim.camera, cfg.sim.flip_vertical, cfg.sim.max_steps)
+        sim = MetaWorldTask(task, size, cfg.sim.cameras, cfg.sim.flip_vertical, cfg.sim.max_steps)
         rng = np.random.default_rng([cfg.collect.seed_start, 7])
         kept = failed = 0
         for k in range(cfg.collect.episodes_per_task):
@@ -128,7 +150,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             images, states, actions = [], [], []
             success = False
             for _ in range(cfg.sim.max_steps):
-                images.append(sim.image())
+                images.append(sim.images())
                 states.append(sim.state())
                 label = sim.expert_action()
                 actions.append(label)
@@ -139,7 +161,9 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             if not success:
                 failed += 1
                 continue
-            writer.add_episode({IMAGE_KEY: np.stack(images), STATE_KEY: np.stack(states), ACTION_KEY: np.stack(actions)},
+            views = np.stack(images)  # [T, S, H, W, 3]
+            frames = {k: views[:, i] for i, k in enumerate(keys)}
+            writer.add_episode({**frames, STATE_KEY: np.stack(states), ACTION_KEY: np.stack(actions)},
                                instruction_of(cfg, task))
             kept += 1
             if (k + 1) % 10 == 0:
@@ -210,11 +234,12 @@ def train(cfg: VLAConfig) -> Path:
 
     torch.set_num_threads(max(1, cfg.train.num_threads))
     geometry = cfg.model.geometry()
+    keys = image_keys(cfg.sim.cameras)
     images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
-        cfg.collect.dataset, IMAGE_KEY, ACTION_KEY, STATE_KEY if geometry.state_dim else None
+        cfg.collect.dataset, keys if len(keys) > 1 else keys[0], ACTION_KEY, STATE_KEY if geometry.state_dim else None
     )
-    if images.shape[1:3] != (geometry.image_size, geometry.image_size):
-        raise ValueError(f"dataset frames are {images.shape[1:3]}, model.image_size is {geometry.image_size}")
+    if images.shape[-3:-1] != (geometry.image_size, geometry.image_size):
+        raise ValueError(f"dataset frames are {images.shape[-3:-1]}, model.image_size is {geometry.image_size}")
     if actions.shape[1] != geometry.action_dim:
         raise ValueError(f"dataset actions are {actions.shape[1]}-D, model.action_dim is {geometry.action_dim}")
     if states is not None and states.shape[1] != geometry.state_dim:
@@ -264,7 +289,8 @@ def train(cfg: VLAConfig) -> Path:
         tensors.update(opt_tensors)
         run.save_checkpoint(step, tensors, {
             "geometry": geometry.to_dict(), "normalizer": norm.to_dict(), "tasks": tasks,
-            "optimizer_groups": groups, "image_key": IMAGE_KEY, "state_key": STATE_KEY, "action_key": ACTION_KEY,
+            "optimizer_groups": groups, "image_keys": keys, "cameras": list(cfg.sim.cameras),
+            "state_key": STATE_KEY, "action_key": ACTION_KEY,
         })
 
     for step in range(start, cfg.train.steps):
@@ -272,8 +298,13 @@ def train(cfg: VLAConfig) -> Path:
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         idx = rng.integers(0, len(data), size=cfg.train.batch_size)
         target, valid = data.chunk(idx, geometry.chunk)
-        x = torch.from_numpy(data.images[idx]).permute(0, 3, 1, 2).float().div_(255.0)
-        x = _augment(x, cfg.train.augment_shift, gen)
+        x = torch.from_numpy(data.images[idx]).float().div_(255.0)  # [B, (S,) H, W, 3]
+        if x.dim() == 5:  # several cameras: each view shifted on its own
+            b, s = x.shape[:2]
+            x = _augment(x.flatten(0, 1).permute(0, 3, 1, 2), cfg.train.augment_shift, gen)
+            x = x.reshape(b, s, *x.shape[1:])
+        else:
+            x = _augment(x.permute(0, 3, 1, 2), cfg.train.augment_shift, gen)
         tid = data.task_id[idx]
         ids = torch.cat([_pad(token_cache[t][0], max(token_cache[u][0].shape[1] for u in set(tid.tolist())), model.text.pad_id) for t in tid])
         mask = torch.cat([_pad(token_cache[t][1], ids.shape[1], 0) for t in tid])
@@ -328,18 +359,23 @@ class VLAPolicy:
         self.model.eval()
         self.norm = Normalizer.from_dict(state["normalizer"])
         self.geometry = geometry
+        self.cameras: list[str] | None = state.get("cameras")  # None: a checkpoint from before multi-camera
         self._tokens: dict[str, Any] = {}
         self._torch = torch
 
     def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
-        """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame."""
+        """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame or S views [S, H, W, 3]."""
         torch = self._torch
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a uint8 H×W×3 frame, got {image.dtype} {image.shape}")
+        if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 H×W×3 frame or [S, H, W, 3] views, got {image.dtype} {image.shape}")
+        views = 1 if image.ndim == 3 else image.shape[0]
+        if self.cameras is not None and views != len(self.cameras):
+            raise ValueError(f"the checkpoint was trained on {len(self.cameras)} camera(s) {self.cameras}, got {views} view(s)")
         if instruction not in self._tokens:
             self._tokens[instruction] = self.model.text.tokenize([instruction])
         ids, mask = self._tokens[instruction]
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.ascontiguousarray(image))
+        x = (x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2))[None]
         st = None
         if self.geometry.state_dim:
             st = torch.from_numpy(self.norm.normalize(STATE_KEY, np.asarray(state, dtype=np.float32)[None]))
@@ -360,11 +396,11 @@ def run_episode(sim: MetaWorldTask, policy: VLAPolicy | None, instruction: str, 
         if policy is None:
             chunk = sim.expert_action()[None]
         else:
-            image = sim.image()
+            views = sim.images()
             if keep_frames:
-                frames.append(image)
+                frames.append(np.concatenate(list(views), axis=1))  # the views side by side
             t = time.perf_counter()
-            chunk = policy.act(image, instruction, sim.state())
+            chunk = policy.act(views if len(views) > 1 else views[0], instruction, sim.state())
             latencies.append(time.perf_counter() - t)
         queries += 1
         for a in chunk[: max(1, execute_steps)]:
@@ -394,6 +430,8 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     if loaded is None:
         raise FileNotFoundError(f"no checkpoint in {run.path}; run `atlasva vla train` with the same config first")
     policy = VLAPolicy(*loaded)
+    if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
+        raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
     demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + cfg.collect.episodes_per_task))
     eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
     if demo_seeds & set(eval_seeds):
@@ -404,7 +442,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     media: dict[str, list[np.ndarray]] = {}
     max_steps = cfg.eval.max_steps or cfg.sim.max_steps
     for task in cfg.sim.tasks:
-        sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.camera, cfg.sim.flip_vertical, max_steps)
+        sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.cameras, cfg.sim.flip_vertical, max_steps)
         instruction = instruction_of(cfg, task)
         for i, seed in enumerate(eval_seeds):
             rec = run_episode(sim, policy, instruction, seed, max_steps, cfg.eval.execute_steps,
