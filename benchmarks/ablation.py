@@ -1,7 +1,7 @@
 """The seeds' central claim, measured: memory {off, heuristics only, full} × estimator {bi-level GAE,
 trajectory GRPO}, on the demo's config and step budget, several seeds each.
 
-    .venv/bin/python benchmarks/ablation.py [--config frozenlake-memory] [--seeds 0 1 2] [--steps N]
+    .venv/bin/python benchmarks/ablation.py [--config frozenlake-memory] [--seeds 0 1 2] [--steps N] [--jobs 2]
 
 Each arm is an ordinary ``atlasva train`` run (its own run folder under ``runs/ablation/``, so an
 interrupted ablation resumes arm by arm). It prints each arm's final held-out success (mean over seeds
@@ -29,41 +29,58 @@ ESTIMATORS = {
 }
 
 
+def run_arm(config: str, overrides: list[str], name: str) -> tuple[float, list[float]]:
+    """One ordinary training run; (held-out success after RL, training success per RL step)."""
+    import torch
+
+    from atlasva.config import load_config
+    from atlasva.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    cfg, base = load_config(TrainConfig, config, overrides)
+    summary = Trainer(cfg, f"{base}-{name}").train()
+    rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return summary["eval"]["rl"]["success_rate"], [r["train/success_rate"] for r in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="frozenlake-memory")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="RL steps (default: the config's)")
     ap.add_argument("--eval-episodes", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one CPU thread)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ablation.json")
     args = ap.parse_args(argv)
 
-    from atlasva.config import load_config
-    from atlasva.train import TrainConfig, Trainer
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-    results: dict[str, dict] = {}
+    jobs: dict[tuple[str, int], tuple[str, list[str], str]] = {}
     for est_name, est_over in ESTIMATORS.items():
         for arm_name, arm_over in ARMS.items():
             key = f"{arm_name} / {est_name}"
-            finals, curves = [], []
             for seed in args.seeds:
                 over = [*est_over, *arm_over, f"trainer.seed={seed}", f"eval.episodes={args.eval_episodes}",
                         "eval.stages=[rl]", f"run.root={ROOT / 'runs' / 'ablation'}"]
                 if args.steps is not None:
                     over.append(f"trainer.steps={args.steps}")
-                cfg, name = load_config(TrainConfig, args.config, over)
-                summary = Trainer(cfg, f"{name}-{arm_name.replace(' ', '_')}-{est_name.replace(' ', '_')}").train()
-                finals.append(summary["eval"]["rl"]["success_rate"])
-                rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-                curves.append([r["train/success_rate"] for r in rows])
-            n = min(len(c) for c in curves)
-            results[key] = {
-                "final_success": finals,
-                "final_mean": float(np.mean(finals)),
-                "final_std": float(np.std(finals)),
-                "curve_mean": np.mean([c[:n] for c in curves], axis=0).tolist(),
-            }
-            print(f"{key:<36} held-out success {np.mean(finals):.3f} ± {np.std(finals):.3f} over seeds {args.seeds}")
+                jobs[(key, seed)] = (args.config, over, f"{arm_name.replace(' ', '_')}-{est_name.replace(' ', '_')}")
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
+        futures = {k: pool.submit(run_arm, *v) for k, v in jobs.items()}
+        done = {k: f.result() for k, f in futures.items()}
+    results: dict[str, dict] = {}
+    for key in dict.fromkeys(k for k, _ in jobs):
+        finals = [done[(key, s)][0] for s in args.seeds]
+        curves = [done[(key, s)][1] for s in args.seeds]
+        n = min(len(c) for c in curves)
+        results[key] = {
+            "final_success": finals,
+            "final_mean": float(np.mean(finals)),
+            "final_std": float(np.std(finals)),
+            "curve_mean": np.mean([c[:n] for c in curves], axis=0).tolist(),
+        }
+        print(f"{key:<36} held-out success {np.mean(finals):.3f} ± {np.std(finals):.3f} over seeds {args.seeds}")
     args.out.write_text(json.dumps({"config": args.config, "seeds": args.seeds, "results": results}, indent=2))
     import matplotlib
 
@@ -72,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, r in results.items():
-        ax.plot(np.arange(1, len(r["curve_mean"]) + 1), r["curve_mean"], label=key,
+        curve = np.asarray(r["curve_mean"])
+        w = min(5, len(curve))  # each point is 16 sampled episodes per seed: a 5-step moving mean reads better
+        smooth = np.convolve(curve, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(w, len(curve) + 1), smooth, label=f"{key} (held-out {r['final_mean']:.2f})",
                 linestyle="-" if "GAE" in key else "--")
     ax.set_xlabel("RL step")
-    ax.set_ylabel("training success (mean over seeds)")
+    ax.set_ylabel("training success (mean over seeds, 5-step mean)")
     ax.set_title(f"memory × estimator ablation ({args.config})")
     ax.legend(fontsize=8)
     fig.tight_layout()
