@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             goal = np.asarray(sim.env._target_pos, dtype=float).copy()
             closest, success, steps = np.inf, False, 0
             while steps < 150 and not success:
-                views = sim.images()
-                chunk = policy.act(views if len(views) > 1 else views[0], args.instruction, sim.state())
+                chunk = policy.act(sim.images(), args.instruction, sim.state())
                 for a in chunk[: args.execute]:
                     success = sim.step(a)
                     steps += 1

@@ -236,7 +236,7 @@ def train(cfg: VLAConfig) -> Path:
     geometry = cfg.model.geometry()
     keys = image_keys(cfg.sim.cameras)
     images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
-        cfg.collect.dataset, keys if len(keys) > 1 else keys[0], ACTION_KEY, STATE_KEY if geometry.state_dim else None
+        cfg.collect.dataset, keys, ACTION_KEY, STATE_KEY if geometry.state_dim else None
     )
     if images.shape[-3:-1] != (geometry.image_size, geometry.image_size):
         raise ValueError(f"dataset frames are {images.shape[-3:-1]}, model.image_size is {geometry.image_size}")
@@ -298,13 +298,10 @@ def train(cfg: VLAConfig) -> Path:
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         idx = rng.integers(0, len(data), size=cfg.train.batch_size)
         target, valid = data.chunk(idx, geometry.chunk)
-        x = torch.from_numpy(data.images[idx]).float().div_(255.0)  # [B, (S,) H, W, 3]
-        if x.dim() == 5:  # several cameras: each view shifted on its own
-            b, s = x.shape[:2]
-            x = _augment(x.flatten(0, 1).permute(0, 3, 1, 2), cfg.train.augment_shift, gen)
-            x = x.reshape(b, s, *x.shape[1:])
-        else:
-            x = _augment(x.permute(0, 3, 1, 2), cfg.train.augment_shift, gen)
+        x = torch.from_numpy(data.images[idx]).float().div_(255.0)  # [B, S, H, W, 3]
+        b, s = x.shape[:2]
+        x = _augment(x.flatten(0, 1).permute(0, 3, 1, 2), cfg.train.augment_shift, gen)  # each view shifted alone
+        x = x.reshape(b, s, *x.shape[1:])
         tid = data.task_id[idx]
         ids = torch.cat([_pad(token_cache[t][0], max(token_cache[u][0].shape[1] for u in set(tid.tolist())), model.text.pad_id) for t in tid])
         mask = torch.cat([_pad(token_cache[t][1], ids.shape[1], 0) for t in tid])
@@ -400,7 +397,7 @@ def run_episode(sim: MetaWorldTask, policy: VLAPolicy | None, instruction: str, 
             if keep_frames:
                 frames.append(np.concatenate(list(views), axis=1))  # the views side by side
             t = time.perf_counter()
-            chunk = policy.act(views if len(views) > 1 else views[0], instruction, sim.state())
+            chunk = policy.act(views, instruction, sim.state())
             latencies.append(time.perf_counter() - t)
         queries += 1
         for a in chunk[: max(1, execute_steps)]:
