@@ -102,6 +102,24 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         MetaWorldTask("reach-v9")
 
 
+@pytest.mark.parametrize("task", ["reach-v3", "drawer-open-v3"])
+def test_first_frame_after_reset_shows_this_episode(task: str) -> None:
+    # Meta-World moves the goal site / drawer in the model after its last forward pass; without a
+    # forward pass in reset() the first frame showed the previous episode's goal and drawer.
+    sim = MetaWorldTask(task, image_size=48)
+    try:
+        goal_site = mujoco.mj_name2id(sim.env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+        for seed in (5, 6):
+            obs = sim.reset(seed).copy()
+            np.testing.assert_allclose(sim.env.data.site_xpos[goal_site], sim.env._target_pos, atol=1e-6)
+            np.testing.assert_allclose(obs[:18], sim.env._get_curr_obs_combined_no_goal())  # hand, object: current
+            first = sim.image()
+            mujoco.mj_forward(sim.env.model, sim.env.data)
+            np.testing.assert_array_equal(first, sim.image())
+    finally:
+        sim.close()
+
+
 @pytest.mark.parametrize("cameras", [["corner2"], ["corner2", "behindGripper"]])
 def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                       cameras: list[str]) -> None:

@@ -71,8 +71,17 @@ class MetaWorldTask:
         self.obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> np.ndarray:
+        import mujoco
+
         self.env.seed(int(seed))
         self.obs, _ = self.env.reset()
+        # Meta-World's reset writes the new goal site and object bodies into the *model*
+        # (site_pos / body_pos) after its last forward pass, so the world poses the renderer draws from
+        # still show the previous episode until the first step. Recompute them: the first frame must
+        # show this episode's goal and drawer, and the first observation must agree with it.
+        mujoco.mj_forward(self.env.model, self.env.data)
+        self.env._prev_obs = self.env._get_curr_obs_combined_no_goal()
+        self.obs = self.env._get_obs()
         return self.obs
 
     def state(self) -> np.ndarray:
