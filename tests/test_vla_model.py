@@ -55,6 +55,25 @@ def test_multi_frame_input_and_uint8() -> None:
     assert out.shape == (2, 4, 7)
 
 
+def test_conv_stem_keeps_the_patch_grid_and_sees_a_single_pixel() -> None:
+    model = build_model(make_geometry("tiny", **{**SMALL, "vision": "conv"}), seed=0).eval()
+    stem = model.vision.stem
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem) == 3  # log2(patch 8)
+    x = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.vision(x)
+        assert tokens.shape == (1, 16, 32)  # (32/8)^2 tokens, like the patch embedding
+        lit = x.clone()
+        lit[0, 0, 11, 19] = 1.0  # one red pixel inside patch row 1, column 2 (rows 8-15, columns 16-23)
+        moved = (model.vision(lit) - tokens).abs().sum(-1)[0].view(4, 4)
+    # local: the pixel's own token changes; a token beyond the stem's receptive field hardly does
+    # (GroupNorm's statistics are the only path there)
+    assert moved[1, 2] > 5 * moved[3, 0]
+    assert model.predict(torch.rand(1, 3, 32, 32), ["x"]).shape == (1, 4, 7)
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        make_geometry("tiny", vision="conv", image_size=42, patch_size=14)
+
+
 def test_bad_images_and_text_are_clear_errors(tiny: AtlasVLA) -> None:
     with pytest.raises(ValueError, match="channels-last"):
         tiny.predict(torch.rand(1, 224, 224, 3), ["x"])

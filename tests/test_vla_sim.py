@@ -52,6 +52,20 @@ def test_offscreen_renderer_on_a_plain_model() -> None:
         OffscreenRenderer(model, 128, 128, "top")
 
 
+def test_no_gl_context_is_a_clear_error() -> None:
+    # `import mujoco` before MUJOCO_GL is set, on a machine without a display: mujoco picks glfw and
+    # its own error ("an OpenGL platform library has not been loaded") does not say what to do.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")}
+    code = ("import mujoco\nfrom atlasva.sim.render import OffscreenRenderer\n"
+            f"m = mujoco.MjModel.from_xml_string({XML!r})\nOffscreenRenderer(m, 32, 32, 'top')")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "RuntimeError: could not create an offscreen OpenGL context" in out.stderr and "MUJOCO_GL=osmesa" in out.stderr
+
+
 def test_closing_one_renderer_leaves_another_intact() -> None:
     # mujoco.Renderer.close() alone deletes its GL objects in whichever context is current, which
     # turned a second live renderer's frames into noise (seen with two Meta-World tasks in one process).

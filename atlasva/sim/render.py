@@ -36,7 +36,7 @@ class OffscreenRenderer:
 
     def __init__(self, model: Any, width: int, height: int, camera: str | int = -1, flip_vertical: bool = False,
                  shadows: bool = False, reflections: bool = False, skybox: bool = False) -> None:
-        configure_headless()
+        backend = configure_headless()
         import mujoco
 
         if width <= 0 or height <= 0:
@@ -58,7 +58,14 @@ class OffscreenRenderer:
         self.model, self.width, self.height = model, int(width), int(height)
         self.camera = cam_id
         self.flip_vertical = flip_vertical
-        self._renderer = mujoco.Renderer(model, height=self.height, width=self.width)
+        try:
+            self._renderer = mujoco.Renderer(model, height=self.height, width=self.width)
+        except Exception as exc:  # mujoco.FatalError: no GL context could be made
+            raise RuntimeError(
+                f"could not create an offscreen OpenGL context (MUJOCO_GL={backend or 'unset, so mujoco chose glfw'}). "
+                "On a machine without a display, set MUJOCO_GL=osmesa (Debian's libosmesa6) or egl before "
+                "Python starts, or import atlasva.sim.render before the first `import mujoco`."
+            ) from exc
         flags = self._renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(shadows)
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(reflections)

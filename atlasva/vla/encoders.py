@@ -1,6 +1,7 @@
 """Vision and text encoders for AtlasVLA.
 
-Vision: a bare conv patch embedding with learned positions (``patch``), or a DINOv2-style ViT with
+Vision: a bare conv patch embedding with learned positions (``patch``), a convolutional stem with the
+same token grid (``conv``), or a DINOv2-style ViT with
 register tokens (``vit``) whose parameter names match DINOv2 / VGGT's ``aggregator.patch_embed.*``
 (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``register_tokens``, ``mask_token``,
 ``blocks.N.*``, ``norm``), so a VGGT checkpoint or a local DINOv2 safetensors file loads by key.
@@ -31,6 +32,34 @@ class PatchVisionEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.patch_embed(x) + self.pos_embed)
+
+
+class ConvStemVisionEncoder(nn.Module):
+    """A convolutional stem ("early convolutions", Xiao et al. 2021) in place of the one-shot patch projection:
+    log2(patch_size) stride-2 4×4 convolutions (even kernels keep each token centred on its patch), each
+    followed by GroupNorm and GELU, then a 1×1 projection.
+    Same token grid as ``patch``; small objects (reach-v3's 2 cm goal is 1–2 pixels at 96 px) survive the
+    downsampling instead of being averaged into a 16×16 patch by one linear map."""
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, width: int = 32) -> None:
+        super().__init__()
+        stages = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << stages != patch_size:
+            raise ValueError(f"vision='conv' needs a power-of-two patch_size (≥ 2), got {patch_size}")
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i in range(stages):
+            c_out = min(width * 2**i, dim)
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.GroupNorm(1, c_out), nn.GELU()]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, dim, 1))
+        self.stem = nn.Sequential(*layers)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.stem(x).flatten(2).transpose(1, 2) + self.pos_embed)
 
 
 class ViTVisionEncoder(nn.Module):

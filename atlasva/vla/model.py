@@ -2,7 +2,7 @@
 
 ::
 
-    image [B,3,H,W] (or [B,S,3,H,W]) in [0,1] ─► ImageNet norm ─► vision encoder (patch | ViT) ─► adapter ─┐
+    image [B,3,H,W] (or [B,S,3,H,W]) in [0,1] ─► ImageNet norm ─► vision encoder (patch | conv | ViT) ─► adapter ─┐
     instruction ─► causal-LM text encoder (tiny Qwen3 | local checkpoint) ─► adapter ──────────────────────┤
                                   cross-attention fusion (vision attends to language) ◄──────────────────┘
                                   ─► VGGT aggregator (frame / global alternation, camera + registers)
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atlasva.vla.aggregator import Aggregator
-from atlasva.vla.encoders import PatchVisionEncoder, TextEncoder, ViTVisionEncoder
+from atlasva.vla.encoders import ConvStemVisionEncoder, PatchVisionEncoder, TextEncoder, ViTVisionEncoder
 from atlasva.vla.layers import CrossBlock, Mlp, timestep_embedding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +38,7 @@ class Geometry:
 
     image_size: int = 224
     patch_size: int = 16
-    vision: str = "patch"  # patch | vit
+    vision: str = "patch"  # patch | conv | vit
     vision_dim: int = 128
     vision_depth: int = 0
     vision_heads: int = 4
@@ -109,8 +109,10 @@ def make_geometry(size: str = "tiny", **overrides: Any) -> Geometry:
 def _validate(g: Geometry) -> None:
     if g.image_size % g.patch_size:
         raise ValueError(f"image_size {g.image_size} must be a multiple of patch_size {g.patch_size}")
-    if g.vision not in ("patch", "vit"):
-        raise ValueError(f"vision must be 'patch' or 'vit', got {g.vision!r}")
+    if g.vision not in ("patch", "conv", "vit"):
+        raise ValueError(f"vision must be 'patch', 'conv' or 'vit', got {g.vision!r}")
+    if g.vision == "conv" and (g.patch_size < 2 or g.patch_size & (g.patch_size - 1)):
+        raise ValueError(f"vision='conv' needs a power-of-two patch_size (≥ 2), got {g.patch_size}")
     if g.head not in ("l1", "flow"):
         raise ValueError(f"head must be 'l1' or 'flow', got {g.head!r}")
     if (g.dim // g.heads) % 4:
@@ -129,6 +131,8 @@ class AtlasVLA(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if g.vision == "patch":
             self.vision: nn.Module = PatchVisionEncoder(g.image_size, g.patch_size, g.vision_dim)
+        elif g.vision == "conv":
+            self.vision = ConvStemVisionEncoder(g.image_size, g.patch_size, g.vision_dim)
         else:
             self.vision = ViTVisionEncoder(
                 g.image_size, g.patch_size, g.vision_dim, g.vision_depth, g.vision_heads, g.vision_registers,
