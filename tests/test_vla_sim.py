@@ -134,6 +134,27 @@ def test_first_frame_after_reset_shows_this_episode(task: str) -> None:
         sim.close()
 
 
+def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
+    from atlasva.config import load_config
+    from atlasva.vla.config import VLAConfig
+    from atlasva.vla.data import load_lerobot_for_training
+    from atlasva.vla.sim import collect
+
+    loaded = {}
+    for workers in (1, 2):
+        cfg, _ = load_config(VLAConfig, "metaworld-tiny", [
+            "sim.image_size=32", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120", "collect.episodes_per_task=2",
+            f"collect.dataset={tmp_path / str(workers)}", f"collect.workers={workers}"], subdir="vla")
+        info = collect(cfg)
+        assert info["total_episodes"] == 4
+        loaded[workers] = load_lerobot_for_training(cfg.collect.dataset, ["observation.image"], "action", "observation.state")
+    for a, b in zip(loaded[1], loaded[2]):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+
+
 @pytest.mark.parametrize("cameras", [["corner2"], ["corner2", "behindGripper"]])
 def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                       cameras: list[str]) -> None:

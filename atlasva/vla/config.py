@@ -86,6 +86,7 @@ class CollectSection:
     episodes_per_task: int = 50
     seed_start: int = 0
     action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
+    workers: int = 1  # processes recording episodes in parallel (same dataset whatever the number)
     overwrite: bool = False
 
 

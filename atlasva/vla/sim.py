@@ -129,16 +129,54 @@ def instruction_of(cfg: VLAConfig, task: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- collect
+_WORKER_SIMS: dict[tuple[Any, ...], MetaWorldTask] = {}
+
+
+def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]) -> dict[str, Any] | None:
+    """One noisy scripted-expert episode as arrays ({"images": [T, S, H, W, 3], "state", "action"}),
+    or None when the expert failed. Runs in the parent or in a collect worker, which keeps one
+    simulator per task alive between episodes."""
+    task, seed, size, cameras, flip, max_steps, noise = job
+    key = (task, size, cameras, flip, max_steps)
+    sim = _WORKER_SIMS.get(key)
+    if sim is None:
+        sim = _WORKER_SIMS[key] = MetaWorldTask(task, size, cameras, flip, max_steps)
+    rng = np.random.default_rng([seed, 7])  # per episode: the same data whatever the number of workers
+    sim.reset(seed)
+    images, states, actions = [], [], []
+    for _ in range(max_steps):
+        images.append(sim.images())
+        states.append(sim.state())
+        label = sim.expert_action()
+        actions.append(label)
+        executed = label + noise * rng.standard_normal(4).astype(np.float32)
+        if sim.step(executed):
+            return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions)}
+    return None
+
+
+def _close_worker_sims() -> None:
+    while _WORKER_SIMS:
+        _WORKER_SIMS.popitem()[1].close()
+
+
 def collect(cfg: VLAConfig) -> dict[str, Any]:
-    """Record scripted-expert demos into a LeRobot v2.1 dataset (images in parquet)."""
+    """Record scripted-expert demos into a LeRobot v2.1 dataset (images in parquet).
+
+    ``collect.workers`` processes render and simulate episodes in parallel (rendering is most of the
+    cost); the dataset is the same whatever their number — episodes are written in seed order."""
     if cfg.sim.suite != "metaworld":
         raise ValueError(f"sim.suite {cfg.sim.suite!r} is not supported here; use 'metaworld'")
+    if cfg.collect.workers < 1:
+        raise ValueError(f"collect.workers must be ≥ 1, got {cfg.collect.workers}")
     root = Path(cfg.collect.dataset)
     if (root / "meta" / "info.json").exists():
         if not cfg.collect.overwrite:
             _progress(f"dataset {root} exists; reusing it (collect.overwrite=true to re-record)")
             return json.loads((root / "meta" / "info.json").read_text())
         shutil.rmtree(root)
+    for task in cfg.sim.tasks:
+        instruction_of(cfg, task)  # fail before recording anything
     size = cfg.sim.image_size
     keys = image_keys(cfg.sim.cameras)
     features = {
@@ -148,37 +186,35 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     }
     writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer")
     t0 = time.time()
-    stats: dict[str, Any] = {}
-    for task in cfg.sim.tasks:
-        sim = MetaWorldTask(task, size, cfg.sim.cameras, cfg.sim.flip_vertical, cfg.sim.max_steps)
-        rng = np.random.default_rng([cfg.collect.seed_start, 7])
-        kept = failed = 0
-        for k in range(cfg.collect.episodes_per_task):
-            seed = cfg.collect.seed_start + k
-            sim.reset(seed)
-            images, states, actions = [], [], []
-            success = False
-            for _ in range(cfg.sim.max_steps):
-                images.append(sim.images())
-                states.append(sim.state())
-                label = sim.expert_action()
-                actions.append(label)
-                executed = label + cfg.collect.action_noise * rng.standard_normal(4).astype(np.float32)
-                if sim.step(executed):
-                    success = True
-                    break
-            if not success:
-                failed += 1
-                continue
-            views = np.stack(images)  # [T, S, H, W, 3]
-            frames = {k: views[:, i] for i, k in enumerate(keys)}
-            writer.add_episode({**frames, STATE_KEY: np.stack(states), ACTION_KEY: np.stack(actions)},
-                               instruction_of(cfg, task))
-            kept += 1
-            if (k + 1) % 10 == 0:
-                _progress(f"collect {task}: {k + 1}/{cfg.collect.episodes_per_task} episodes ({time.time() - t0:.0f}s)")
-        stats[task] = {"kept": kept, "expert_failed": failed}
-        sim.close()
+    n = cfg.collect.episodes_per_task
+    jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
+             cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(n)]
+    stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
+    pool = None
+    if cfg.collect.workers > 1:
+        import multiprocessing as mp
+
+        # spawn: a forked child would share the parent's GL and MuJoCo state
+        pool = mp.get_context("spawn").Pool(cfg.collect.workers)
+        results = pool.imap(_record_episode, jobs)
+    else:
+        results = map(_record_episode, jobs)
+    try:
+        for i, (job, episode) in enumerate(zip(jobs, results)):
+            task = job[0]
+            if episode is None:
+                stats[task]["expert_failed"] += 1
+            else:
+                frames = {k: episode["images"][:, v] for v, k in enumerate(keys)}
+                writer.add_episode({**frames, STATE_KEY: episode["state"], ACTION_KEY: episode["action"]},
+                                   instruction_of(cfg, task))
+                stats[task]["kept"] += 1
+            if (i % n + 1) % 10 == 0:
+                _progress(f"collect {task}: {i % n + 1}/{n} episodes ({time.time() - t0:.0f}s)")
+    finally:
+        if pool is not None:
+            pool.terminate()
+        _close_worker_sims()
     writer.finalize()
     info = json.loads((root / "meta" / "info.json").read_text())
     _progress(f"collected {info['total_episodes']} episodes, {info['total_frames']} frames into {root} "
