@@ -224,11 +224,12 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- train
 def run_config(cfg: VLAConfig) -> dict[str, Any]:
-    """The part of the config that identifies a training run (eval settings and resume excluded)."""
+    """The part of the config that identifies a training run (eval settings, resume and collect workers excluded)."""
     from atlasva.config import to_dict
 
     d = to_dict(cfg)
     d.pop("eval", None)
+    d["collect"].pop("workers", None)  # how many processes recorded the data does not change it
     d["run"] = {k: v for k, v in d["run"].items() if k != "resume"}
     return d
 
