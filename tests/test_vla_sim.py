@@ -143,11 +143,18 @@ def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
     loaded = {}
     for workers in (1, 2):
         cfg, _ = load_config(VLAConfig, "metaworld-tiny", [
-            "sim.image_size=32", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120", "collect.episodes_per_task=2",
+            "sim.image_size=32", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120", "collect.episodes_per_task=1",
+            "collect.episodes_by_task={reach-v3: 3}",
             f"collect.dataset={tmp_path / str(workers)}", f"collect.workers={workers}"], subdir="vla")
         info = collect(cfg)
-        assert info["total_episodes"] == 4
+        assert info["total_episodes"] == 4  # 3 reach + 1 drawer
         loaded[workers] = load_lerobot_for_training(cfg.collect.dataset, ["observation.image"], "action", "observation.state")
+    episodes, tasks, task_ids = loaded[1][3], loaded[1][4], loaded[1][5]
+    per_task = {tasks[t]: len(set(episodes[task_ids == t].tolist())) for t in set(task_ids.tolist())}
+    assert per_task == {"reach the red goal": 3, "open the drawer": 1}
+    with pytest.raises(ValueError, match="not in sim.tasks"):
+        collect(load_config(VLAConfig, "metaworld-tiny", ["collect.episodes_by_task={push-v3: 3}",
+                                                          f"collect.dataset={tmp_path / 'x'}"], subdir="vla")[0])
     for a, b in zip(loaded[1], loaded[2]):
         if isinstance(a, np.ndarray):
             np.testing.assert_array_equal(a, b)

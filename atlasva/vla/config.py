@@ -84,6 +84,8 @@ class SimSection:
 class CollectSection:
     dataset: str = "runs/datasets/metaworld"
     episodes_per_task: int = 50
+    #: per-task counts that replace episodes_per_task, e.g. {reach-v3: 300}: reach needs many distinct goals
+    episodes_by_task: dict[str, int] = field(default_factory=dict)
     seed_start: int = 0
     action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
     workers: int = 1  # processes recording episodes in parallel (same dataset whatever the number)

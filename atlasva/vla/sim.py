@@ -160,6 +160,17 @@ def _close_worker_sims() -> None:
         _WORKER_SIMS.popitem()[1].close()
 
 
+def episodes_for(cfg: VLAConfig, task: str) -> int:
+    """How many demos ``collect`` records for ``task`` (seeds seed_start, seed_start + 1, …)."""
+    unknown = sorted(set(cfg.collect.episodes_by_task) - set(cfg.sim.tasks))
+    if unknown:
+        raise ValueError(f"collect.episodes_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
+    n = int(cfg.collect.episodes_by_task.get(task, cfg.collect.episodes_per_task))
+    if n < 1:
+        raise ValueError(f"the number of demos for {task} must be ≥ 1, got {n}")
+    return n
+
+
 def collect(cfg: VLAConfig) -> dict[str, Any]:
     """Record scripted-expert demos into a LeRobot v2.1 dataset (images in parquet).
 
@@ -175,8 +186,9 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             _progress(f"dataset {root} exists; reusing it (collect.overwrite=true to re-record)")
             return json.loads((root / "meta" / "info.json").read_text())
         shutil.rmtree(root)
+    counts = {task: episodes_for(cfg, task) for task in cfg.sim.tasks}  # fail before recording anything
     for task in cfg.sim.tasks:
-        instruction_of(cfg, task)  # fail before recording anything
+        instruction_of(cfg, task)
     size = cfg.sim.image_size
     keys = image_keys(cfg.sim.cameras)
     features = {
@@ -186,9 +198,8 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     }
     writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer")
     t0 = time.time()
-    n = cfg.collect.episodes_per_task
     jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
-             cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(n)]
+             cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(counts[task])]
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
     pool = None
     if cfg.collect.workers > 1:
@@ -209,8 +220,9 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
                 writer.add_episode({**frames, STATE_KEY: episode["state"], ACTION_KEY: episode["action"]},
                                    instruction_of(cfg, task))
                 stats[task]["kept"] += 1
-            if (i % n + 1) % 10 == 0:
-                _progress(f"collect {task}: {i % n + 1}/{n} episodes ({time.time() - t0:.0f}s)")
+            k = job[1] - cfg.collect.seed_start + 1
+            if k % 10 == 0 or k == counts[task]:
+                _progress(f"collect {task}: {k}/{counts[task]} episodes ({time.time() - t0:.0f}s)")
     finally:
         if pool is not None:
             pool.terminate()
@@ -475,7 +487,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     policy = VLAPolicy(*loaded)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
-    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + cfg.collect.episodes_per_task))
+    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(episodes_for(cfg, t) for t in cfg.sim.tasks)))
     eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
     if demo_seeds & set(eval_seeds):
         raise ValueError("eval.seed_start overlaps the demo seeds; evaluation seeds must be disjoint from collect's")
