@@ -143,7 +143,8 @@ def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
     loaded = {}
     for workers in (1, 2):
         cfg, _ = load_config(VLAConfig, "metaworld-tiny", [
-            "sim.image_size=32", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120", "collect.episodes_per_task=1",
+            "sim.image_size=32", "sim.cameras=[corner2]", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120",
+            "collect.episodes_per_task=1",
             "collect.episodes_by_task={reach-v3: 3}",
             f"collect.dataset={tmp_path / str(workers)}", f"collect.workers={workers}"], subdir="vla")
         info = collect(cfg)
