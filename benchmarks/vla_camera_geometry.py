@@ -21,11 +21,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="reach-v3")
     args = ap.parse_args(argv)
 
-    from atlasva.sim.render import configure_headless
-
-    configure_headless()
-    import mujoco
-
     from atlasva.vla.sim import MetaWorldTask
 
     sim = MetaWorldTask(args.task, args.size, ["corner2"])

@@ -16,8 +16,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     else:
         results = map(_record_episode, jobs)
     try:
-        for i, (job, episode) in enumerate(zip(jobs, results)):
+        for job, episode in zip(jobs, results):
             task = job[0]
             if episode is None:
                 stats[task]["expert_failed"] += 1
