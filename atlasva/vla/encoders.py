@@ -34,6 +34,14 @@ class PatchVisionEncoder(nn.Module):
         return self.norm(self.patch_embed(x) + self.pos_embed)
 
 
+def conv_stem_stages(patch_size: int) -> int:
+    """The number of stride-2 stages a conv stem needs to reach ``patch_size`` (a power of two ≥ 2)."""
+    stages = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << stages != patch_size:
+        raise ValueError(f"vision='conv' needs a power-of-two patch_size (≥ 2), got {patch_size}")
+    return stages
+
+
 class ConvStemVisionEncoder(nn.Module):
     """A convolutional stem ("early convolutions", Xiao et al. 2021) in place of the one-shot patch projection:
     log2(patch_size) stride-2 4×4 convolutions (even kernels keep each token centred on its patch), each
@@ -43,9 +51,7 @@ class ConvStemVisionEncoder(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, dim: int, width: int = 32) -> None:
         super().__init__()
-        stages = patch_size.bit_length() - 1
-        if patch_size < 2 or 1 << stages != patch_size:
-            raise ValueError(f"vision='conv' needs a power-of-two patch_size (≥ 2), got {patch_size}")
+        stages = conv_stem_stages(patch_size)
         self.grid = (image_size // patch_size, image_size // patch_size)
         layers: list[nn.Module] = []
         c_in = 3

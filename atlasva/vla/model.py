@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atlasva.vla.aggregator import Aggregator
-from atlasva.vla.encoders import ConvStemVisionEncoder, PatchVisionEncoder, TextEncoder, ViTVisionEncoder
+from atlasva.vla.encoders import (
+    ConvStemVisionEncoder,
+    PatchVisionEncoder,
+    TextEncoder,
+    ViTVisionEncoder,
+    conv_stem_stages,
+)
 from atlasva.vla.layers import CrossBlock, Mlp, timestep_embedding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,8 +117,8 @@ def _validate(g: Geometry) -> None:
         raise ValueError(f"image_size {g.image_size} must be a multiple of patch_size {g.patch_size}")
     if g.vision not in ("patch", "conv", "vit"):
         raise ValueError(f"vision must be 'patch', 'conv' or 'vit', got {g.vision!r}")
-    if g.vision == "conv" and (g.patch_size < 2 or g.patch_size & (g.patch_size - 1)):
-        raise ValueError(f"vision='conv' needs a power-of-two patch_size (≥ 2), got {g.patch_size}")
+    if g.vision == "conv":
+        conv_stem_stages(g.patch_size)
     if g.head not in ("l1", "flow"):
         raise ValueError(f"head must be 'l1' or 'flow', got {g.head!r}")
     if (g.dim // g.heads) % 4:

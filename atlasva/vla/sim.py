@@ -161,15 +161,16 @@ def _close_worker_sims() -> None:
         _WORKER_SIMS.popitem()[1].close()
 
 
-def episodes_for(cfg: VLAConfig, task: str) -> int:
-    """How many demos ``collect`` records for ``task`` (seeds seed_start, seed_start + 1, …)."""
+def demo_counts(cfg: VLAConfig) -> dict[str, int]:
+    """How many demos ``collect`` records per task (seeds seed_start, seed_start + 1, …)."""
     unknown = sorted(set(cfg.collect.episodes_by_task) - set(cfg.sim.tasks))
     if unknown:
         raise ValueError(f"collect.episodes_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
-    n = int(cfg.collect.episodes_by_task.get(task, cfg.collect.episodes_per_task))
-    if n < 1:
-        raise ValueError(f"the number of demos for {task} must be ≥ 1, got {n}")
-    return n
+    counts = {task: int(cfg.collect.episodes_by_task.get(task, cfg.collect.episodes_per_task)) for task in cfg.sim.tasks}
+    for task, n in counts.items():
+        if n < 1:
+            raise ValueError(f"the number of demos for {task} must be ≥ 1, got {n}")
+    return counts
 
 
 def collect(cfg: VLAConfig) -> dict[str, Any]:
@@ -187,9 +188,8 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             _progress(f"dataset {root} exists; reusing it (collect.overwrite=true to re-record)")
             return json.loads((root / "meta" / "info.json").read_text())
         shutil.rmtree(root)
-    counts = {task: episodes_for(cfg, task) for task in cfg.sim.tasks}  # fail before recording anything
-    for task in cfg.sim.tasks:
-        instruction_of(cfg, task)
+    counts = demo_counts(cfg)  # both fail before anything is recorded
+    instructions = {task: instruction_of(cfg, task) for task in cfg.sim.tasks}
     size = cfg.sim.image_size
     keys = image_keys(cfg.sim.cameras)
     features = {
@@ -219,7 +219,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             else:
                 frames = {k: episode["images"][:, v] for v, k in enumerate(keys)}
                 writer.add_episode({**frames, STATE_KEY: episode["state"], ACTION_KEY: episode["action"]},
-                                   instruction_of(cfg, task))
+                                   instructions[task])
                 stats[task]["kept"] += 1
             k = job[1] - cfg.collect.seed_start + 1
             if k % 10 == 0 or k == counts[task]:
@@ -488,7 +488,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     policy = VLAPolicy(*loaded)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
-    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(episodes_for(cfg, t) for t in cfg.sim.tasks)))
+    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(demo_counts(cfg).values())))
     eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
     if demo_seeds & set(eval_seeds):
         raise ValueError("eval.seed_start overlaps the demo seeds; evaluation seeds must be disjoint from collect's")
