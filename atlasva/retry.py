@@ -28,6 +28,14 @@ T = TypeVar("T")
 _sleep = time.sleep  # module-level so tests can count the waits
 
 
+def retry_after_seconds(header: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (None when absent or given as an HTTP date)."""
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
+
+
 class RetryableError(Exception):
     """Raised by an attempt that may succeed later. ``retry_after``: seconds the server asked for;
     ``counts=False``: the server is busy rather than failing (bounded by ``patience``, not ``retries``)."""

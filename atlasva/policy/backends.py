@@ -30,7 +30,7 @@ import torch
 
 from atlasva.policy.config import OpenAIConfig, SamplingConfig
 from atlasva.policy.processor import Encoded, Prompt, to_uint8_rgb
-from atlasva.retry import Backoff, RetriesExhausted, RetryableError, call_with_retries
+from atlasva.retry import Backoff, RetriesExhausted, RetryableError, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,6 @@ class OpenAIError(RuntimeError):
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-def _seconds(header: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (None when absent or an HTTP date)."""
-    try:
-        return max(0.0, float(header)) if header else None
-    except ValueError:
-        return None
-
-
 class OpenAIBackend:
     """Chat completions against an OpenAI-compatible server through httpx."""
 
@@ -298,7 +290,7 @@ class OpenAIBackend:
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"
             if resp.status_code not in _RETRY_STATUS:
                 raise OpenAIError(f"{url} refused the request: {last}")
-            raise RetryableError(last, retry_after=_seconds(resp.headers.get("retry-after")))
+            raise RetryableError(last, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
 
         def on_retry(exc: RetryableError, delay: float) -> None:
             self.retries += 1
