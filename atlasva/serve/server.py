@@ -125,7 +125,8 @@ class ResetItem(_Body):
     seed: Seed = None
     options: dict[str, JsonValue] | None = None
     episode: int | None = Field(
-        None, ge=1, description="the session's next episode number; repeating the current one returns its reset"
+        None, ge=0, description="the session's next episode number; repeating the current one returns its reset "
+        "(0: the reset its create did)"
     )
 
 
