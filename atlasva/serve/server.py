@@ -45,6 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atlasva import __version__, formats
 from atlasva.envs.registry import env_class, names
@@ -360,6 +361,7 @@ def _service(request: Request) -> SessionService:
 
 Service = Annotated[SessionService, Depends(_service)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "a body that cannot be read as JSON (e.g. not UTF-8)"},
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
     404: {"model": ErrorResponse, "description": "unknown session ids (listed in `session_ids`)"},
     409: {"model": ErrorResponse, "description": "step index / episode conflicts (listed in `conflicts`)"},
@@ -402,27 +404,27 @@ def envs() -> dict[str, Any]:
 
 
 @router.post(f"{API}/create", tags=["sessions"], response_model=None,
-             responses={200: {"model": ResetResponse}, **_errors(401, 409, 413, 422, 503)})
+             responses={200: {"model": ResetResponse}, **_errors(400, 401, 409, 413, 422, 503)})
 def create(body: CreateRequest, service: Service) -> _JSON:
     items = [it.model_dump() for it in body.items]
     return _JSON({"results": service.create(items)})
 
 
 @router.post(f"{API}/reset", tags=["sessions"], response_model=None,
-             responses={200: {"model": ResetResponse}, **_errors(401, 404, 409, 413, 422, 503)})
+             responses={200: {"model": ResetResponse}, **_errors(400, 401, 404, 409, 413, 422, 503)})
 def reset(body: ResetRequest, service: Service, request: Request) -> _JSON:
     items = [it.model_dump() for it in body.items]
     return _JSON({"results": service.reset(items, request.app.state.config.session_ttl)})
 
 
 @router.post(f"{API}/step", tags=["sessions"], response_model=None,
-             responses={200: {"model": StepResponse}, **_errors(401, 404, 409, 413, 422, 503)})
+             responses={200: {"model": StepResponse}, **_errors(400, 401, 404, 409, 413, 422, 503)})
 def step(body: StepRequest, service: Service, request: Request) -> _JSON:
     items = [it.model_dump() for it in body.items]
     return _JSON({"results": service.step(items, request.app.state.config.session_ttl)})
 
 
-@router.post(f"{API}/close", tags=["sessions"], response_model=CloseResponse, responses=_errors(401, 413, 422, 503))
+@router.post(f"{API}/close", tags=["sessions"], response_model=CloseResponse, responses=_errors(400, 401, 413, 422, 503))
 def close(body: CloseRequest, service: Service) -> dict[str, Any]:
     return service.close(list(body.session_ids))
 
@@ -462,8 +464,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(exc)
 
-    @app.exception_handler(HTTPException)
-    async def _on_http(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own 400/404/405 are Starlette's
+    async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict):
             content = exc.detail
         else:
@@ -514,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="session requests processed at once; others wait (default: %(default)s)")
     p.add_argument("--queue-wait", type=float, default=d.queue_wait,
                    help="seconds a request waits for a slot before 503 busy (default: %(default)s)")
+    p.add_argument("--image-cache-mb", type=float, default=d.image_cache_bytes / (1 << 20),
+                   help="PNG encodings of recent frames kept, MiB (default: %(default)s)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register envs); repeatable")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
@@ -538,6 +542,7 @@ def serve_main(argv: list[str]) -> int:
             max_frame_pixels=args.max_frame_pixels,
             max_inflight=args.max_inflight,
             queue_wait=args.queue_wait,
+            image_cache_bytes=int(args.image_cache_mb * (1 << 20)),
         )
         for module in args.imports:
             importlib.import_module(module)
