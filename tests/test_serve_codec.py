@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -80,8 +81,14 @@ def _bomb(h: int, w: int, inflated: int) -> bytes:
 def test_a_frame_is_never_inflated_past_its_declared_shape() -> None:
     bomb = _bomb(4, 4, 16 << 20)  # 16 MiB of zeros behind a 4×4 header: a ~16 KB body
     assert len(bomb) < 1 << 20
-    with pytest.raises(FrameError, match="inflates past the 52 bytes"):
-        decode_png(bomb, (4, 4, 3))
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameError, match="inflates past the 52 bytes"):
+            decode_png(bomb, (4, 4, 3))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"decoding allocated {peak >> 20} MiB for a 4x4 frame"
     with pytest.raises(FrameError, match="the PNG is 4x4, but the frame was declared"):
         decode_png(encode_png(np.zeros((4, 4, 3), np.uint8)), (8, 8, 3))  # refused before inflating
     dec = ImageDecoder(max_pixels=100)

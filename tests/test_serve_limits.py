@@ -132,6 +132,9 @@ def test_session_protocol_without_a_server() -> None:
     with pytest.raises(ServiceError) as err:
         service.create([{"config": {"env": "frozenlake", "tile_size": 10**5}}])
     assert err.value.status == 422 and err.value.body()["key"] == "tile_size"
+    with pytest.raises(ServiceError, match="items.0..config: cannot build env 'sokoban'.*tried 2 random rooms") as err:
+        service.create([{"config": {"env": "sokoban", "min_solution_length": 500, "max_gen_tries": 2}}])
+    assert err.value.status == 422, "a generator that gives up is the config's fault, not a server error"
     assert service.close([sid, "nosuchsession"]) == {"closed": [sid], "unknown": ["nosuchsession"]}
     assert isinstance(env, TinyGridEnv)
 
@@ -154,8 +157,10 @@ def test_requests_beyond_max_inflight_wait_then_get_503_busy() -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             first = asyncio.create_task(client.post("/v1/sessions/step", content=b"{}"))
             await asyncio.sleep(0.05)
-            second = await client.post("/v1/sessions/step", content=b"{}")  # waits 0.2 s, then busy
-            release.set()
+            try:  # waits 0.2 s for the slot, then busy (without the gate it would hang on the slow app)
+                second = await asyncio.wait_for(client.post("/v1/sessions/step", content=b"{}"), 5)
+            finally:
+                release.set()
             return await first, second
 
     first, second = asyncio.run(scenario())
