@@ -4,7 +4,7 @@ An image travels as ``{"sha": HEX, "shape": [H, W, C], "png": BASE64}``. The PNG
 (8-bit, no row filter, zlib level 1: about twice as fast as Pillow's encoder and any PNG reader
 opens it); PNGs of that form are read back with zlib alone, anything else through Pillow. zlib
 and the hash release the GIL, so a batch is encoded (decoded) on several threads. ``sha`` is a content
-hash of the raw pixels (blake2b of shape + bytes): the server caches the PNG encoding of recent frames
+hash of the raw pixels (:func:`image_sha`): the server caches the PNG encoding of recent frames
 by it (an unchanged frame — an ineffective move, or the same level in a GRPO group — is not encoded
 again). The client trusts nothing it receives: a frame must have its declared shape before it is
 inflated (a PNG that would inflate past it is refused: no zlib bombs), its pixels must hash to its
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import io
 import json
@@ -78,10 +79,16 @@ class LRU:
 
 
 def image_sha(img: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([list(img.shape), str(img.dtype)]).encode())
-    h.update(np.ascontiguousarray(img).tobytes())
-    return h.hexdigest()
+    """128-bit content hash of a frame (shape, dtype, pixels). SHA-256, truncated: with the CPU's SHA
+    instructions it runs about twice as fast as blake2b here, and both ends hash every frame."""
+    h = hashlib.sha256(_sha_header(tuple(img.shape), str(img.dtype)))
+    h.update(np.ascontiguousarray(img).data)
+    return h.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=64)
+def _sha_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    return json.dumps([list(shape), dtype]).encode()
 
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
