@@ -4,6 +4,7 @@ per response, live sessions and requests in progress, and the session protocol w
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -166,3 +167,31 @@ def test_requests_beyond_max_inflight_wait_then_get_503_busy() -> None:
     first, second = asyncio.run(scenario())
     assert first.status_code == 200 and guard.inflight == 0
     assert second.status_code == 503 and second.json()["error"] == "busy" and second.headers["retry-after"] == "3"
+
+
+class _SlowGrid(TinyGridEnv):
+    """A tinygrid that takes a while to build (counts its constructions)."""
+
+    built = 0
+
+    def __init__(self, **kw) -> None:
+        type(self).built += 1
+        time.sleep(0.3)
+        super().__init__(**kw)
+
+
+def test_a_retried_create_racing_its_first_attempt_builds_each_env_once() -> None:
+    # found by benchmarks/faults_serve.py: a create that outlived the client's timeout and its retry both
+    # built the sessions; the later one replaced a session the client had already stepped
+    from concurrent.futures import ThreadPoolExecutor
+
+    from atlasva.envs import register
+
+    register("slowgrid", _SlowGrid, overwrite=True)
+    service = SessionService(Limits(max_envs=8))
+    items = [{"config": {"env": "slowgrid"}, "seed": i, "options": None, "session_id": f"race-{i:04d}"} for i in range(3)]
+    with ThreadPoolExecutor(2) as pool:
+        first, retry = pool.map(lambda _: service.create(items), range(2))
+    assert first == retry
+    assert _SlowGrid.built == 3 and len(service.store.sessions) == 3 and service.store.free() == 5
+    assert not service.store.creating

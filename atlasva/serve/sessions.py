@@ -155,7 +155,29 @@ class Store:
         self.capacity = capacity
         self.sessions: dict[str, Session] = {}
         self.reserved = 0
+        self.creating: dict[str, threading.Event] = {}  # client-chosen ids a create request is building
         self.lock = threading.Lock()
+
+    def claim(self, sids: Sequence[str]) -> None:
+        """Mark ids as being created by this request, first waiting for any other request creating one of
+        them: a client's retried create can arrive while its first attempt is still building the envs, and
+        must then find the finished sessions instead of building them a second time. All ids are taken at
+        once, so two requests can never wait for each other."""
+        while True:
+            with self.lock:
+                busy = [self.creating[s] for s in sids if s in self.creating]
+                if not busy:
+                    self.creating.update((s, threading.Event()) for s in sids)
+                    return
+            for event in busy:
+                event.wait()
+
+    def unclaim(self, sids: Sequence[str]) -> None:
+        with self.lock:
+            for s in sids:
+                event = self.creating.pop(s, None)
+                if event is not None:
+                    event.set()
 
     def reserve(self, n: int) -> bool:
         with self.lock:
@@ -304,6 +326,12 @@ class SessionService:
         by_id = {s.sid: s for s in found}
         return [by_id[sid] for sid in sids]
 
+    def _sessions(self, items: list[dict[str, Any]], ttl: float) -> list[Session]:
+        """The sessions a reset or step batch names: at most ``max_batch``, each once, all live."""
+        self.check_batch(len(items))
+        self._unique([it["session_id"] for it in items], lambda i: f"items[{i}].session_id")
+        return self.lookup([it["session_id"] for it in items], ttl)
+
     @staticmethod
     def close_envs(sessions: list[Session]) -> None:
         for s in sessions:
@@ -325,8 +353,15 @@ class SessionService:
         """``items``: ``{"config", "seed", "options", "session_id"}``. A repeated session id with the same
         config, seed and options returns the first result (a retried create); another one is a 409."""
         self.check_batch(len(items))
-        self._unique([it["session_id"] for it in items if it.get("session_id")], lambda i: f"items[{i}].session_id")
-        sids = [it.get("session_id") or uuid.uuid4().hex for it in items]
+        chosen = [it["session_id"] for it in items if it.get("session_id")]
+        self._unique(chosen, lambda i: f"items[{i}].session_id")
+        self.store.claim(chosen)
+        try:
+            return self._create(items, [it.get("session_id") or uuid.uuid4().hex for it in items])
+        finally:
+            self.store.unclaim(chosen)
+
+    def _create(self, items: list[dict[str, Any]], sids: list[str]) -> list[dict[str, Any]]:
         existing, _ = self.store.lookup(sids)
         known = {s.sid: s for s in existing}
         results: list[dict[str, Any] | None] = [None] * len(items)
@@ -378,9 +413,7 @@ class SessionService:
     def reset(self, items: list[dict[str, Any]], ttl: float) -> list[dict[str, Any]]:
         """``items``: ``{"session_id", "seed", "options", "episode"}``; repeating the current episode
         number with the same seed and options returns the recorded reset."""
-        self.check_batch(len(items))
-        self._unique([it["session_id"] for it in items], lambda i: f"items[{i}].session_id")
-        sessions = self.lookup([it["session_id"] for it in items], ttl)
+        sessions = self._sessions(items, ttl)
         with Locked(sessions):
             conflicts = [
                 f"items[{i}].episode: session {s.sid} is at episode {s.episode}; send {s.episode + 1} for a new reset"
@@ -411,7 +444,6 @@ class SessionService:
     def step(self, items: list[dict[str, Any]], ttl: float) -> list[dict[str, Any]]:
         """``items``: ``{"session_id", "index", "text", "episode"}``. ``index`` = 1 + the steps the session
         took since its reset; repeating the last index with the same text returns the recorded result."""
-        self.check_batch(len(items))
         for i, it in enumerate(items):
             if len(it["text"]) > self.limits.max_text_chars:
                 raise ServiceError(
@@ -419,8 +451,7 @@ class SessionService:
                     f"items[{i}].text: text has {len(it['text'])} characters; the limit is {self.limits.max_text_chars}",
                     errors=[{"field": f"items[{i}].text", "message": "too long", "type": "too_long"}],
                 )
-        self._unique([it["session_id"] for it in items], lambda i: f"items[{i}].session_id")
-        sessions = self.lookup([it["session_id"] for it in items], ttl)
+        sessions = self._sessions(items, ttl)
         with Locked(sessions):
             conflicts = [
                 f"items[{i}]: {why}"
