@@ -25,7 +25,7 @@ from serve_support import PROBE, ServerProcess, health, rss_mb
 
 from atlasva.serve.server import ServeConfig, create_app
 
-EXAMPLES = int(os.environ.get("ATLASVA_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("ATLASVA_FUZZ_EXAMPLES", "10"))
 SEED = os.environ.get("ATLASVA_FUZZ_SEED")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 RUN: dict[str, list] = {"examples": [], "rss_mb": []}
