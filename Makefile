@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 #   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
 # Extras the test-suite exercises (tests must run, not skip, in CI).
-TEST_EXTRAS ?= dev,serve,ray,train,vla,sim
+TEST_EXTRAS ?= dev,serve,ray,train,vla,sim,libero
 
 .PHONY: demo test venv install install-test system-deps lint clean
 

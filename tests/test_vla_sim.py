@@ -93,7 +93,7 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         assert not np.allclose(goals[0], goals[2])
         frame = sim.image()
         assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and frame.std() > 0
-        expert = run_episode(sim, None, "reach the red goal", seed=3, max_steps=150, execute_steps=1)
+        expert = run_episode(sim, None, "reach the red goal", seed=3, max_steps=150)
         assert expert["success"] and expert["steps"] < 150
 
         geometry = make_geometry("tiny", image_size=32, patch_size=8, vision_dim=32, dim=32, heads=2, text_hidden=32,
@@ -103,8 +103,8 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         stats = {k: {"mean": [0.0] * 4, "std": [1.0] * 4, "q01": [-1.0] * 4, "q99": [1.0] * 4}
                  for k in ("action", "observation.state")}
         policy = VLAPolicy({f"model/{k}": v for k, v in model.state_dict().items()},
-                           {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}})
-        rec = run_episode(sim, policy, "reach the red goal", seed=100000, max_steps=12, execute_steps=4, keep_frames=True)
+                           {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}}, execute_steps=4)
+        rec = run_episode(sim, policy, "reach the red goal", seed=100000, max_steps=12, keep_frames=True)
         assert rec["steps"] == 12 and rec["turns"] == 3 and len(rec.pop("_frames")) == 3
         assert isinstance(rec["success"], bool) and rec["chunk_latency_ms"] > 0
         json.dumps(rec)
