@@ -90,6 +90,7 @@ class CollectSection:
     action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
     workers: int = 1  # processes recording episodes in parallel (same dataset whatever the number)
     overwrite: bool = False
+    max_steps: int = 0  # LIBERO: steps recorded per episode at most; 0 = the suite's step limit
     lerobot_version: str = "v2.1"  # layout written: v2.1 (a parquet per episode) | v3.0 (many episodes per file)
 
 

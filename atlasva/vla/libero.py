@@ -312,7 +312,7 @@ def collect(cfg: Any) -> dict[str, Any]:
     }
     root = Path(cfg.collect.dataset)
     writer = LeRobotWriter(root, fps=20, features=features, robot_type="panda", version=cfg.collect.lerobot_version)
-    max_steps = cfg.eval.max_steps or step_limit(suite)
+    max_steps = cfg.collect.max_steps or step_limit(suite)
     jobs = [(t, cfg.collect.seed_start + k, size, cameras, cfg.libero.image_transform, max_steps, cfg.collect.action_noise)
             for t in tasks for k in range(cfg.collect.episodes_per_task)]
     t0 = time.time()
