@@ -34,6 +34,7 @@ import numpy as np
 
 from atlasva.sim.render import configure_headless
 from atlasva.vla.data import resize_frames, transform_image
+from atlasva.vla.parallel import ordered_map
 
 #: the suites' step limits (longest training demo: 193, 254, 270, 505, 373 steps)
 BASE_SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -316,14 +317,7 @@ def collect(cfg: Any) -> dict[str, Any]:
     jobs = [(t, cfg.collect.seed_start + k, size, cameras, cfg.libero.image_transform, max_steps, cfg.collect.action_noise)
             for t in tasks for k in range(cfg.collect.episodes_per_task)]
     t0 = time.time()
-    pool = None
-    if cfg.collect.workers > 1:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(cfg.collect.workers)
-        results = pool.imap(_record_episode, jobs)
-    else:
-        results = map(_record_episode, jobs)
+    results = ordered_map(_record_episode, jobs, cfg.collect.workers)
     log = []
     try:
         for job, ep in zip(jobs, results):
@@ -336,8 +330,7 @@ def collect(cfg: Any) -> dict[str, Any]:
             _progress(f"collect {job[0].name} seed {job[1]}: {len(ep['action'])} steps, success {ep['success']} "
                       f"({time.time() - t0:.0f}s)")
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()  # stops the worker processes, if any
         while _RECORD_SIMS:
             _RECORD_SIMS.popitem()[1].close()
     writer.finalize()
@@ -413,20 +406,11 @@ def _run_job(job: EvalJob) -> dict[str, Any]:
 
 
 def _results(jobs: list[EvalJob], settings: _WorkerSettings, workers: int) -> Iterator[dict[str, Any]]:
-    """Episode records in job order, from ``workers`` spawned processes (or in-process for one)."""
-    if workers <= 1 or len(jobs) <= 1:
-        _init_worker(settings)
-        try:
-            for job in jobs:
-                yield _run_job(job)
-        finally:
-            _close_worker()
-        return
-    import multiprocessing as mp
-
-    # spawn: a forked child would share the parent's GL and MuJoCo state
-    with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(settings,)) as pool:
-        yield from pool.imap(_run_job, jobs)
+    """Episode records in job order, from ``workers`` processes (or in-process for one)."""
+    try:
+        yield from ordered_map(_run_job, jobs, workers, _init_worker, (settings,))
+    finally:
+        _close_worker()  # the in-process worker's simulators
 
 
 def read_episode_log(path: Path) -> list[dict[str, Any]]:

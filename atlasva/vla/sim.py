@@ -35,6 +35,7 @@ from atlasva.vla.data import (
     libero_hdf5_files,
     load_training_data,
 )
+from atlasva.vla.parallel import ordered_map
 
 IMAGE_KEY = "observation.image"  # one camera; several cameras: observation.images.<camera> (LeRobot's naming)
 STATE_KEY = "observation.state"
@@ -217,15 +218,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
              cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(counts[task])]
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
-    pool = None
-    if cfg.collect.workers > 1:
-        import multiprocessing as mp
-
-        # spawn: a forked child would share the parent's GL and MuJoCo state
-        pool = mp.get_context("spawn").Pool(cfg.collect.workers)
-        results = pool.imap(_record_episode, jobs)
-    else:
-        results = map(_record_episode, jobs)
+    results = ordered_map(_record_episode, jobs, cfg.collect.workers)
     try:
         for job, episode in zip(jobs, results):
             task = job[0]
@@ -240,8 +233,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             if k % 10 == 0 or k == counts[task]:
                 _progress(f"collect {task}: {k}/{counts[task]} episodes ({time.time() - t0:.0f}s)")
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()  # stops the worker processes, if any
         _close_worker_sims()
     writer.finalize()
     info = json.loads((root / "meta" / "info.json").read_text())
