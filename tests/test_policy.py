@@ -189,6 +189,9 @@ def test_user_turn_suffix_matches_full_conversation(pm: PolicyModel) -> None:
     assert incremental.pixel_values is not None and full.pixel_values is not None
     assert torch.equal(incremental.pixel_values, full.pixel_values)
     assert torch.equal(incremental.image_grid_thw, full.image_grid_thw)
+    # the source images travel with their tokens (engines that preprocess images themselves take them)
+    assert [im.tobytes() for im in incremental.images] == [_image(0).tobytes(), _image(5).tobytes()]
+    assert (incremental + [1, 2]).images == incremental.images
     closed = proc.user_turn_text("x", close_assistant=True)
     assert closed.startswith("<|im_end|>") and not proc.user_turn_text("x").startswith("<|im_end|>")
 
@@ -452,3 +455,12 @@ def test_openai_backend_gives_up_clearly(fake_server: _FakeServer) -> None:
         flaky.generate([[{"role": "user", "content": "hi"}]])
     with pytest.raises(ValueError, match="openai.model"):
         OpenAIBackend(OpenAIConfig(base_url=fake_server.url, model=""))
+
+
+def test_vllm_backend_refuses_a_layout_it_would_run_differently(tiny_dir: Path) -> None:
+    """The tiny default's interleaved M-RoPE has 32 sections; vLLM's takes 3: a clear error before any engine
+    starts (vLLM itself is tested in its own environment: `make test-vllm`)."""
+    from atlasva.policy import ModelConfig, PolicyConfig
+
+    with pytest.raises(ValueError, match="mrope_layout=chunked"):
+        Policy.from_config(PolicyConfig(backend="vllm", model=ModelConfig(path=str(tiny_dir))))

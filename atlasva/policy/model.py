@@ -218,6 +218,27 @@ def load_model(path: str | Path, *, device: torch.device, dtype: torch.dtype, at
     return model.to(device)
 
 
+def model_folder(cfg: ModelConfig, init_dir: str | Path | None = None) -> Path:
+    """``model.path``, or the tiny default created (once) in ``init_dir`` / ``model.init_dir``."""
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    folder = init_dir or cfg.init_dir
+    if not folder:
+        raise ValueError("the tiny default policy needs a folder to live in: set model.init_dir "
+                         "(e.g. RUN/policy-init) or pass init_dir=")
+    return create_tiny_policy(folder, cfg.tiny)
+
+
+def allowed_token_ids(processor: PolicyProcessor, vocab_size: int) -> list[int]:
+    """Ids the policy may generate: every real token except special and vision tokens, plus the
+    end-of-turn token (embedding rows past the tokenizer have no token and stay out)."""
+    blocked = set(special_token_ids(processor.tokenizer))
+    ids = {i for i in range(min(vocab_size, len(processor.tokenizer))) if i not in blocked}
+    if processor.eos_token_id < vocab_size:
+        ids.add(processor.eos_token_id)
+    return sorted(ids)
+
+
 class ValueHead(nn.Module):
     """V(s) from the last hidden state: one linear layer, zero-initialised (values start at 0), fp32."""
 
@@ -299,11 +320,8 @@ class PolicyModel:
         self.value_head = value_head
         base = unwrap(model)
         vocab = int(base.get_output_embeddings().weight.shape[0])
-        allowed = torch.ones(vocab, dtype=torch.bool)
-        blocked = [i for i in special_token_ids(processor.tokenizer) if i < vocab]
-        allowed[blocked] = False
-        allowed[len(processor.tokenizer) :] = False  # embedding rows with no token
-        allowed[processor.eos_token_id] = True
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[allowed_token_ids(processor, vocab)] = True
         self.allowed = allowed.to(self.device)
         self.blocked_ids = sorted(set(range(vocab)) - set(torch.nonzero(allowed).flatten().tolist()))
 
@@ -317,14 +335,7 @@ class PolicyModel:
             raise ValueError(f"model.cpu_threads={cfg.cpu_threads} must be >= 0 (0 = torch's default)")
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        if cfg.path:
-            path = Path(cfg.path).expanduser()
-        else:
-            folder = init_dir or cfg.init_dir
-            if not folder:
-                raise ValueError("the tiny default policy needs a folder to live in: set model.init_dir "
-                                 "(e.g. RUN/policy-init) or pass init_dir=")
-            path = create_tiny_policy(folder, cfg.tiny)
+        path = model_folder(cfg, init_dir)
         return cls.from_pretrained(
             path, device=device, dtype=dtype, attn_implementation=cfg.attn_implementation,
             value_head=cfg.value_head, lora=cfg.lora if cfg.lora.enable else None,
@@ -504,23 +515,27 @@ class PolicyModel:
         return SequenceScores(logprobs=logprobs, values=values, entropy=entropy)
 
     # ---------------------------------------------------------------- saving
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The plain model's weights under its Hugging Face names, LoRA adapters merged in (copies when
+        LoRA is on, the live tensors otherwise): what a saved folder holds and what vLLM loads."""
+        base = self.base
+        if not self.is_lora:
+            return dict(base.state_dict())
+        self.model.merge_adapter()
+        try:
+            return {key.replace(".base_layer.", "."): value.detach().clone()
+                    for key, value in base.state_dict().items() if "lora_" not in key}
+        finally:
+            self.model.unmerge_adapter()
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """A plain Hugging Face folder (LoRA merged into the weights), plus ``value_head.safetensors``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = self.base
         if self.is_lora:
-            self.model.merge_adapter()
-            try:
-                state = {}
-                for key, value in base.state_dict().items():
-                    if "lora_" in key:
-                        continue
-                    state[key.replace(".base_layer.", ".")] = value.detach().clone()
-            finally:
-                self.model.unmerge_adapter()
-            base.save_pretrained(str(directory), state_dict=state)
-            # peft may have touched the config; what we wrote is a plain model
+            # peft may have touched the config; what we write is a plain model
+            base.save_pretrained(str(directory), state_dict=self.merged_state_dict())
         else:
             base.save_pretrained(str(directory))
         self.processor.save_pretrained(directory)

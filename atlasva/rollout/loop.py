@@ -150,7 +150,7 @@ class AgentLoop:
             slots.append(_Slot(ep, meta, self.system_prompt(req.env, req.config), obs))
 
         samples: list[Sample] = []
-        token_mode = getattr(self.policy, "model", None) is not None
+        token_mode = getattr(self.policy, "token_level", getattr(self.policy, "model", None) is not None)
         base_sampling = sampling or getattr(getattr(self.policy, "config", None), "sampling", None)
         for turn in range(cfg.max_turns):
             active = [i for i, s in enumerate(slots) if not s.done]

@@ -118,5 +118,5 @@ class TrainConfig:
         for s in self.eval.stages:
             if s not in STAGES:
                 raise ValueError(f"eval.stages holds {s!r}; accepted: {', '.join(STAGES)}")
-        if self.policy.backend != "hf":
-            raise ValueError("training needs a local model: policy.backend must be 'hf'")
+        if self.policy.backend not in ("hf", "vllm"):
+            raise ValueError("training needs a local model: policy.backend must be 'hf' or 'vllm'")
