@@ -19,7 +19,15 @@ import pytest
 import torch
 
 from atlasva.envs.pool import InProcessEnvPool
-from atlasva.policy import Encoded, Policy, PolicyConfig, PolicyModel, SamplingConfig, TinyModelConfig, create_tiny_policy
+from atlasva.policy import (
+    Encoded,
+    Policy,
+    PolicyConfig,
+    PolicyModel,
+    SamplingConfig,
+    TinyModelConfig,
+    create_tiny_policy,
+)
 from atlasva.policy.backends import HFBackend, VLLMBackend
 from atlasva.policy.config import VLLMConfig
 from atlasva.policy.model import allowed_token_ids
