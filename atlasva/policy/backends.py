@@ -296,7 +296,8 @@ class VLLMBackend:
         )
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
