@@ -164,6 +164,13 @@ def cmd_train(argv: list[str]) -> int:
     if loaded is None:
         return 0
     cfg, name = loaded
+    if cfg.engine == "verl":  # verl's distributed trainer on the same envs, formats, memory and estimators
+        from atlasva.integrations.verl.launch import train_with_verl
+
+        cfg.validate()
+        out = train_with_verl(cfg, name)
+        print(f"run folder: {out['run_dir']}")
+        return 0
     summary = Trainer(cfg, name).train()
     print(format_summary(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")

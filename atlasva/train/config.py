@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atlasva.eval.baselines import RunConfig
+from atlasva.integrations.verl.config import ENGINES, VerlSection
 from atlasva.memory import MemoryConfig
 from atlasva.policy.config import PolicyConfig
 from atlasva.rollout.loop import RolloutConfig
@@ -104,8 +105,12 @@ class TrainConfig:
     memory: MemoryConfig = field(default_factory=_demo_memory)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunConfig = field(default_factory=RunConfig)
+    engine: str = "atlasva"  # atlasva (this process) | verl (verl's distributed PPO; see docs/engines.md)
+    verl: VerlSection = field(default_factory=VerlSection)
 
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}; accepted: {', '.join(ENGINES)}")
         a = self.algorithm
         if a.estimator not in ESTIMATORS:
             raise ValueError(f"algorithm.estimator={a.estimator!r}; accepted: {', '.join(ESTIMATORS)}")

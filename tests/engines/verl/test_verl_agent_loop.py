@@ -23,7 +23,7 @@ from atlasva.envs.pool import InProcessEnvPool
 from atlasva.integrations.verl.agent_loop import AtlasvaAgentLoop
 from atlasva.integrations.verl.memory_sync import SnapshotStore
 from atlasva.memory import MemoryConfig, SkillMemory
-from atlasva.policy import Policy, PolicyConfig, PolicyModel, SamplingConfig
+from atlasva.policy import Policy, PolicyConfig, PolicyModel
 from atlasva.policy.backends import GenerationOutput
 from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
 

@@ -1,0 +1,73 @@
+"""`atlasva train CONFIG engine=verl` up to verl's start: the recipes compose into verl 0.9.1's own config and
+pass its validation; the split manifests feed verl's data loader through the atlasva dataset; no level is in
+both splits; the rows start episodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+from verl.trainer.ppo.utils import create_rl_dataset, need_critic, need_reference_policy
+from verl.utils.config import validate_config
+from verl.utils.dataset.rl_dataset import collate_fn
+
+from atlasva.cli import main
+from atlasva.config import load_config
+from atlasva.train import TrainConfig
+
+
+def prepared(tmp_path, tiny_policy_dir, recipe: str, *extra: str):
+    from atlasva.integrations.verl.launch import prepare
+
+    cfg, name = load_config(TrainConfig, recipe, [f"policy.model.path={tiny_policy_dir}", f"run.root={tmp_path}",
+                                                  "trainer.steps=3", "eval.episodes=16", *extra])
+    cfg.env.config.pop("random_start_goal", None)  # the demo default's FrozenLake key (main's loader drops it)
+    cfg.validate()
+    run_dir, config_path = prepare(cfg, name)
+    return cfg, run_dir, OmegaConf.load(str(config_path))
+
+
+@pytest.mark.parametrize("recipe,gpus", [("sokoban-verl-1gpu", 1), ("sokoban-verl-8gpu", 8)])
+def test_recipes_compose_into_a_valid_verl_config(tmp_path, tiny_policy_dir, recipe, gpus):
+    cfg, run_dir, config = prepared(tmp_path, tiny_policy_dir, recipe)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert need_critic(config)  # bi-level GAE trains verl's critic
+    assert config.trainer.n_gpus_per_node == gpus and config.trainer.v1.trainer_mode == "atlasva"
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == "atlasva"
+    assert config.data.train_batch_size == cfg.trainer.levels_per_step
+    assert config.data.max_prompt_length + config.data.max_response_length == cfg.rollout.max_context_tokens
+    assert config.atlasva.algorithm.estimator == "bi_level_gae" and config.atlasva.memory_dir
+    assert config.ray_kwargs.ray_init.runtime_env.worker_process_setup_hook.endswith("register_in_worker")
+
+
+def test_dataset_rows_have_disjoint_splits(tmp_path, tiny_policy_dir):
+    cfg, run_dir, config = prepared(tmp_path, tiny_policy_dir, "sokoban-verl-1gpu")
+    train = create_rl_dataset(config.data.train_files, config.data, None, None, is_train=True)
+    val = create_rl_dataset(config.data.val_files, config.data, None, None, is_train=False)
+    assert len(train) == 3 * cfg.trainer.levels_per_step and len(val) == 16
+    rows = {name: [ds[i] for i in range(len(ds))] for name, ds in (("train", train), ("validation", val))}
+    for split, rs in rows.items():
+        assert {r["split"] for r in rs} == {split}
+        assert len({r["level_hash"] for r in rs}) == len(rs)  # distinct levels
+    assert not {r["level_hash"] for r in rows["train"]} & {r["level_hash"] for r in rows["validation"]}
+    assert not {r["seed"] for r in rows["train"]} & {r["seed"] for r in rows["validation"]}
+    # the hashes are those of the levels the agent loop will play (the run's final env config)
+    from atlasva.envs.registry import make
+
+    r = rows["validation"][0]
+    env = make(r["env"], **{**json.loads(r["env_config"]), "obs_mode": "text"})
+    assert env.reset(seed=r["seed"])[1]["level_hash"] == r["level_hash"]
+    batch = collate_fn(rows["train"][:4])  # verl's own collate: what its trainer hands the agent loop
+    assert list(batch["agent_name"]) == ["atlasva"] * 4 and len(batch["raw_prompt"]) == 4
+    assert json.loads((run_dir / "verl" / "splits.json").read_text())["overlap"] == 0
+
+
+def test_cli_dry_run_and_clear_errors(tmp_path, tiny_policy_dir, capsys):
+    assert main(["train", "sokoban-verl-1gpu", f"policy.model.path={tiny_policy_dir}", f"run.root={tmp_path}",
+                 "env.spec=frozenlake", "env.config.random_start_goal=true", "trainer.steps=2", "eval.episodes=8",
+                 "verl.dry_run=true"]) == 0
+    assert "atlasva.integrations.verl.launch" in capsys.readouterr().out
+    assert main(["train", "sokoban-verl-1gpu", "policy.model.path=/nowhere", f"run.root={tmp_path}",
+                 "verl.dry_run=true"]) == 2
+    assert "local Hugging Face model folder" in capsys.readouterr().err
