@@ -79,7 +79,8 @@ def responses_of(result: RolloutResult, rows, full: torch.Tensor) -> torch.Tenso
     """The response part of full-sequence tensors (row order as in verl_rows), right-aligned to verl's width."""
     width = max(len(r["response_ids"]) for r in rows)
     out = torch.zeros(len(rows), width)
-    for r, (sample, row) in enumerate(zip(result.samples, rows)):
+    assert len(rows) == len(result.samples)  # verl_rows keeps the samples' order
+    for r, row in enumerate(rows):
         p = len(row["prompt_ids"])
         n = len(row["response_ids"])
         out[r, :n] = full[r, p : p + n]
