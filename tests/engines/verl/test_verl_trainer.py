@@ -9,6 +9,11 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 from tensordict import NonTensorStack, TensorDict
+from test_verl_estimators import (  # noqa: F401  (fixtures and helpers)
+    pm,  # noqa: F401
+    rollouts,
+    verl_rows,
+)
 
 import atlasva.integrations.verl.trainer as trainer_mod
 from atlasva.integrations.verl.advantages import atlasva_advantages
@@ -16,8 +21,6 @@ from atlasva.integrations.verl.memory_sync import SnapshotStore
 from atlasva.integrations.verl.trainer import AtlasvaPPOTrainer
 from atlasva.memory import MemoryConfig, SkillMemory
 from atlasva.train.config import AlgorithmConfig
-from test_verl_estimators import rollouts, verl_rows  # noqa: F401  (fixtures and helpers)
-from test_verl_estimators import pm  # noqa: F401
 
 
 class Meta(SimpleNamespace):
