@@ -464,3 +464,20 @@ def test_vllm_backend_refuses_a_layout_it_would_run_differently(tiny_dir: Path) 
 
     with pytest.raises(ValueError, match="mrope_layout=chunked"):
         Policy.from_config(PolicyConfig(backend="vllm", model=ModelConfig(path=str(tiny_dir))))
+
+
+def test_text_export_gives_the_same_text_logits(pm: PolicyModel, tiny_dir: Path, tmp_path: Path) -> None:
+    """The decoder exported as a Qwen2 folder (what vLLM's CPU build serves) scores text exactly like the policy."""
+    from transformers import Qwen2ForCausalLM
+
+    from atlasva.policy.export import export_text_model, text_weight_name
+
+    out = export_text_model(pm, tiny_dir, tmp_path / "text")
+    twin = Qwen2ForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.tensor([pm.processor.encode_prompt([{"role": "user", "content": "Push the box left."}]).input_ids])
+    with torch.no_grad():
+        a = twin(ids).logits
+        b = pm.base(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids)).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert text_weight_name("model.visual.blocks.0.attn.qkv.weight") is None
+    assert (out / "tokenizer_config.json").is_file()

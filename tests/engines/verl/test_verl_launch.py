@@ -71,3 +71,23 @@ def test_cli_dry_run_and_clear_errors(tmp_path, tiny_policy_dir, capsys):
     assert main(["train", "sokoban-verl-1gpu", "policy.model.path=/nowhere", f"run.root={tmp_path}",
                  "verl.dry_run=true"]) == 2
     assert "local Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_gpu_check_builds_the_3b_geometry_and_a_valid_run(tmp_path):
+    """benchmarks/verl_gpu_check.py up to verl's start, on the CPU: the 3B geometry's parameter count (meta
+    device, no memory) and the whole path at the tiny geometry (model folder, splits, verl config validated)."""
+    import importlib.util
+    from pathlib import Path
+
+    from atlasva.policy.tokenizer import build_tokenizer
+
+    path = Path(__file__).parents[3] / "benchmarks" / "verl_gpu_check.py"
+    spec = importlib.util.spec_from_file_location("verl_gpu_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    n = check.count_parameters(check.model_config(check.QWEN25_VL_3B, build_tokenizer(1024)))
+    assert 3.7e9 < n < 3.8e9  # Qwen2.5-VL-3B-Instruct: 3.75 B
+    assert check.main(["--dry-run", "--geometry", "tiny", "--out", str(tmp_path)]) == 0
+    config = OmegaConf.load(str(next((tmp_path / "runs").glob("*/verl_config.yaml"))))
+    assert config.trainer.total_training_steps == 3 and "file" in config.trainer.logger
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH.endswith("verl-metrics.jsonl")

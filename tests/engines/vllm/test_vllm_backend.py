@@ -11,9 +11,7 @@ updates. The image path (images as multimodal data) is exercised by ``benchmarks
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,57 +28,24 @@ from atlasva.policy import (
 )
 from atlasva.policy.backends import HFBackend, VLLMBackend
 from atlasva.policy.config import VLLMConfig
+from atlasva.policy.export import export_text_model, text_weight_name
 from atlasva.policy.model import allowed_token_ids
 from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
 
 # vLLM's CPU attention needs head_dim >= 64; vLLM's M-RoPE takes three sections (Qwen2.5-VL's layout)
 TINY = TinyModelConfig(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
                        intermediate_size=256, mrope_layout="chunked", vision_hidden_size=64, vision_num_heads=1)
-PREFIX = "model.language_model."
-
-
-def text_twin_name(name: str) -> str | None:
-    """Qwen2.5-VL parameter name -> the text-only Qwen2 export's (the vision tower is dropped)."""
-    if name.startswith(PREFIX):
-        return "model." + name[len(PREFIX):]
-    return name if name == "lm_head.weight" else None
-
-
-def export_text_twin(pm: PolicyModel, src: Path, dst: Path) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    text = pm.base.config.text_config
-    cfg = Qwen2Config(
-        vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
-        num_key_value_heads=text.num_key_value_heads, max_position_embeddings=text.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": text.rope_parameters["rope_theta"]},
-        tie_word_embeddings=pm.base.config.tie_word_embeddings, eos_token_id=text.eos_token_id,
-        pad_token_id=text.pad_token_id, bos_token_id=None, use_sliding_window=False, rms_norm_eps=text.rms_norm_eps,
-        hidden_act=text.hidden_act,
-    )
-    twin = Qwen2ForCausalLM(cfg)
-    state = {text_twin_name(k): v for k, v in pm.merged_state_dict().items() if text_twin_name(k) is not None}
-    missing, unexpected = twin.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    twin.save_pretrained(str(dst))
-    for f in src.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")) or f.name == "generation_config.json":
-            shutil.copy(f, dst / f.name)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("vllm")
     path = create_tiny_policy(root / "policy", TINY)
     pm = PolicyModel.from_pretrained(path)
-    twin = export_text_twin(pm, path, root / "twin")
+    twin = export_text_model(pm, path, root / "twin")
     vocab = json.loads((twin / "config.json").read_text())["vocab_size"]
     backend = VLLMBackend(twin, pm.processor, VLLMConfig(dtype="float32", max_model_len=4096, cpu_kv_cache_gib=1),
                           SamplingConfig(max_new_tokens=12), allowed_token_ids=allowed_token_ids(pm.processor, vocab),
-                          source=pm, weight_name=text_twin_name)
+                          source=pm, weight_name=text_weight_name)
     return pm, backend
 
 
