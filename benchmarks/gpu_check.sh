@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 OUT=${OUT:-/tmp/atlasva-gpu-check}
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh needs a CUDA GPU')"
-timeout "${TIMEOUT:-480}" "$PY" benchmarks/verl_gpu_check.py --out "$OUT" --steps "${STEPS:-3}" \
+# 1. policy.backend=vllm inside atlasva's own trainer: images through vLLM, weights followed after each update
+#    (a tiny policy vLLM can run: chunked M-RoPE, head_dim 64)
+timeout 150 "$PY" -m atlasva.cli train sokoban-base policy.backend=vllm policy.vllm.gpu_memory_utilization=0.3 \
+  policy.model.tiny.mrope_layout=chunked policy.model.tiny.num_attention_heads=2 policy.model.tiny.vision_num_heads=1 \
+  trainer.steps=2 trainer.levels_per_step=8 sft.enable=false eval.episodes=16 "eval.stages=[rl]" \
+  run.root="$OUT/runs" run.resume=false
+# 2. verl PPO with vLLM rollouts, Qwen2.5-VL-3B geometry
+timeout "${TIMEOUT:-420}" "$PY" benchmarks/verl_gpu_check.py --out "$OUT" --steps "${STEPS:-3}" \
   --estimator "${ESTIMATOR:-turn_grpo}"
 cat "$OUT/gpu_check.json"

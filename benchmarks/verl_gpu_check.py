@@ -44,7 +44,14 @@ def model_config(geometry: dict, tokenizer) -> object:
     """A Qwen2.5-VL config with ``geometry`` whose special-token ids are ``tokenizer``'s."""
     from transformers import Qwen2_5_VLConfig
 
-    from atlasva.policy.tokenizer import EOS_TOKEN, IMAGE_TOKEN, PAD_TOKEN, VIDEO_TOKEN, VISION_END, VISION_START
+    from atlasva.policy.tokenizer import (
+        EOS_TOKEN,
+        IMAGE_TOKEN,
+        PAD_TOKEN,
+        VIDEO_TOKEN,
+        VISION_END,
+        VISION_START,
+    )
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
     text = dict(geometry["text"])
@@ -106,7 +113,6 @@ def train_config(model_path: Path, out: Path, steps: int, estimator: str):
         f"verl.ppo_mini_batch_size={16 // group}", "verl.test_freq=0", "verl.save_freq=0",
         "verl.val_before_train=false", "verl.agent_workers=2", "verl.logger=[console,file]",
     ])
-    cfg.env.config = {"format": "free_think", "format_penalty": 0.1}  # the recipe's env keys only
     cfg.validate()
     return cfg, name
 

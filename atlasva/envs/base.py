@@ -21,7 +21,7 @@ from gymnasium import spaces
 from atlasva import formats
 
 OBS_MODES = ("vision", "text", "both")
-IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PLACEHOLDER = formats.IMAGE_PLACEHOLDER
 #: Characters any env may write into ``obs["text"]`` (ASCII printable plus grid symbols).
 TEXT_CHARSET = frozenset(string.printable) | frozenset("√×·→←↑↓")
 MAX_OBS_CHARS = 16384

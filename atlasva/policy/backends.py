@@ -55,8 +55,13 @@ class GenerationOutput:
 
 
 class GenerationBackend(Protocol):
+    """``request_ids`` (optional, one per prompt) name the episode slot and turn each prompt belongs to
+    (:class:`atlasva.rollout.loop.RequestKey`); backends that keep per-request state (a scripted replay,
+    a serving engine's request ids) use them, the others ignore them."""
+
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]: ...
 
 
@@ -80,7 +85,8 @@ class HFBackend:
         self.calls = 0  # advanced once per generate call: the default seed is (sampling.seed, calls)
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
@@ -422,7 +428,8 @@ class OpenAIBackend:
         self.client.close()
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:

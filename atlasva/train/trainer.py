@@ -10,6 +10,7 @@ and none is lost (metrics past the checkpoint are dropped and the steps redone, 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,19 @@ from atlasva.policy import Policy
 from atlasva.rl import reward_variance_filter
 from atlasva.rollout.loop import AgentLoop, EpisodeRequest
 from atlasva.runs import RunFolder
-from atlasva.train.config import CRITIC_ESTIMATORS, TrainConfig
-from atlasva.train.ppo import build_batch, compute_advantages, ppo_update
+from atlasva.train.config import TrainConfig
+from atlasva.train.estimators import compute_advantages, get_estimator
+from atlasva.train.ppo import build_batch, ppo_update
 from atlasva.train.sft import build_demos, train_sft
+
+log = logging.getLogger(__name__)
+
+# settings that cannot change a result: not part of a run's identity (its folder hash)
+COSMETIC_KEYS = ("trainer.wandb", "trainer.inspect_every", "trainer.save_every")
+
+
+class SplitOverlapError(ValueError):
+    """Training and evaluation levels overlap: a held-out number would not be held out."""
 
 
 class Trainer:
@@ -39,27 +50,26 @@ class Trainer:
         self.cfg = cfg
         self.name = name
         self.t0 = time.time()
-        self.run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume)
+        self.run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume, exclude=COSMETIC_KEYS)
         if cfg.policy.model.cpu_threads:
             torch.set_num_threads(int(cfg.policy.model.cpu_threads))
         torch.manual_seed(cfg.trainer.seed)
         pcfg = copy.deepcopy(cfg.policy)
-        pcfg.model.value_head = cfg.algorithm.estimator in CRITIC_ESTIMATORS
-        self.policy = Policy.from_config(pcfg, init_dir=self.run.path / "policy-init")
+        pcfg.model.value_head = get_estimator(cfg.algorithm.estimator).critic
         self.spec = load_spec(cfg.env.spec)
         self.env_name = self.spec.env
-        self.env_config = {**self.spec.config, **cfg.env.config}
-        n_train = cfg.sft.levels * int(cfg.sft.enable) + cfg.trainer.steps * cfg.trainer.levels_per_step
-        train_seeds = self.spec.seeds("train", max(1, n_train))
-        self.sft_seeds = train_seeds[: cfg.sft.levels] if cfg.sft.enable else []
-        self.rl_seeds = train_seeds[len(self.sft_seeds) :]
-        self.val_seeds = self.spec.seeds(cfg.eval.split, cfg.eval.episodes)
+        self.env_config = self.spec.final_config(cfg.env.config)  # the levels the run plays, and hashes
+        self.sft_levels, self.rl_levels, self.val_levels = plan_levels(cfg)
+        self.sft_seeds = [s for s, _ in self.sft_levels]
+        self.rl_seeds = [s for s, _ in self.rl_levels]
+        self.val_seeds = [s for s, _ in self.val_levels]
+        self.policy = Policy.from_config(pcfg, init_dir=self.run.path / "policy-init")
         self.memory = SkillMemory(cfg.memory)
         self.optimizer = torch.optim.AdamW(self.policy.model.trainable_parameters(), lr=cfg.trainer.lr)
         self.ref_model = None
         self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0}
         self.pool = InProcessEnvPool()
-        self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.algorithm.gamma_turn)
+        self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.shaping_gamma())
         self._wandb = None
         self._resume()
 
@@ -139,6 +149,7 @@ class Trainer:
             snapshot=snap, batch_size=self.cfg.eval.batch_size, temperature=0.0, desc=f"eval {stage}",
         )
         self.run.write_episodes(stage, [e.summary_record() for e in episodes])
+        self.run.record_levels(f"eval:{stage}", [(e.seed, e.level_hash) for e in episodes])
         self.state["evals"][stage] = summary
         print(f"[{stage}] success {summary['success_rate']:.3f} "
               f"(95% CI {summary['success_ci95'][0]:.3f}-{summary['success_ci95'][1]:.3f}), "
@@ -157,8 +168,8 @@ class Trainer:
             if cfg.sft.enable:
                 snap = self.memory.snapshot() if cfg.memory.enable else None
                 demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds,
-                                    max_turns=cfg.rollout.max_turns, snapshot=snap, concat=cfg.rollout.concat,
-                                    window=cfg.rollout.window)
+                                    rollout=cfg.rollout, snapshot=snap)
+                self.run.record_levels("sft", self.sft_levels)
                 sft_stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
                                       batch_size=cfg.sft.batch_size, seed=cfg.trainer.seed)
                 print(f"[sft] {int(sft_stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), final loss {sft_stats['sft/final_loss']:.3f}")
@@ -216,20 +227,21 @@ class Trainer:
                                                      with_values=True, temperature=tc.temperature).values
                     width = batch.loss_mask.shape[1]
                     values = values[:, :width] * batch.loss_mask
-            adv, returns, value_mask = compute_advantages(batch, values, result, cfg.algorithm)
-            if tc.inspect_every and (step == 0 or (step + 1) % tc.inspect_every == 0):
-                dump_step(self.run.path, step + 1, batch, adv, values, result, self.policy.processor)
-            keep, scale = None, 1.0
-            if cfg.algorithm.filter_top_p < 1.0:
-                scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
-                filt = reward_variance_filter(scores, batch.group_ids, top_p=cfg.algorithm.filter_top_p,
-                                              traj_ids=None if cfg.rollout.concat else batch.episode_index)
-                keep, scale = filt.kept_indices, filt.scale
-            rng = np.random.default_rng([tc.seed, step])
-            upd = ppo_update(self.policy, self.optimizer, batch, adv, returns, values, value_mask, cfg.algorithm,
-                             epochs=tc.ppo_epochs, minibatch_size=tc.minibatch_size, grad_accum=tc.grad_accum,
-                             max_grad_norm=tc.max_grad_norm, temperature=tc.temperature, rng=rng,
-                             ref_model=self.ref_model, keep=keep, scale=scale)
+            adv = self._advantages(batch, values, result, step)
+            if adv is not None and tc.inspect_every and (step == 0 or (step + 1) % tc.inspect_every == 0):
+                dump_step(self.run.path, step + 1, batch, adv.advantages, values, result, self.policy.processor)
+            upd: dict[str, float] = {"rl/skipped_batch": 1.0}
+            if adv is not None:
+                keep, scale = None, 1.0
+                if cfg.algorithm.filter_top_p < 1.0:
+                    scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
+                    filt = reward_variance_filter(scores, batch.group_ids, top_p=cfg.algorithm.filter_top_p,
+                                                  traj_ids=None if cfg.rollout.concat else batch.episode_index)
+                    keep, scale = filt.kept_indices, filt.scale
+                rng = np.random.default_rng([tc.seed, step])
+                upd = ppo_update(self.policy, self.optimizer, batch, adv, values, cfg.algorithm, tc, rng=rng,
+                                 ref_model=self.ref_model, keep=keep, scale=scale)
+                upd["rl/skipped_batch"] = 0.0
             eps = result.episodes
             success = float(np.mean([e.success for e in eps]))
             recent = (recent + [success])[-5:]
@@ -240,7 +252,8 @@ class Trainer:
                 "train/shaping": float(np.mean([sum(t.rewards.get("shaping", 0.0) for t in e.turns) for e in eps])),
                 "train/format_valid": float(np.mean([e.format_valid_rate() for e in eps])),
                 "train/turns": float(np.mean([e.n_turns for e in eps])),
-                "train/adv_abs_mean": float((adv.abs() * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
+                "train/adv_abs_mean": (float((adv.advantages.abs() * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1))
+                                       if adv is not None else float("nan")),
                 "memory/version": float(self.memory.version if hasattr(self.memory, "version") else -1),
                 "time/step_s": time.perf_counter() - t_step,
                 **result.stats,
@@ -253,12 +266,30 @@ class Trainer:
                                          temperature=0.0, desc="val")
                 metrics["val/success_rate"] = val["success_rate"]
             self.state["rl_step"] = step + 1
+            self.run.record_levels("rl", self.rl_levels[: (step + 1) * tc.levels_per_step])
             self.log(step + 1, metrics)
             bar.update(1)
             bar.set_postfix(success=f"{np.mean(recent):.2f}", refresh=True)
             if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
                 self.save()
         bar.close()
+
+    def _advantages(self, batch: Any, values: torch.Tensor | None, result: Any, step: int) -> Any:
+        """The estimator's advantages, or None (with a warning) when rewards, values or advantages are not
+        finite: the batch is skipped instead of ending the run or poisoning the weights."""
+        from atlasva.rl import all_finite
+
+        try:
+            adv = compute_advantages(batch, values, result, self.cfg.algorithm)
+        except ValueError as exc:  # the estimators refuse NaN/inf inputs on policy tokens
+            if all_finite(batch.token_rewards) and (values is None or all_finite(values)):
+                raise  # not a numeric problem: a bug worth a traceback
+            log.warning("RL step %d: skipped the batch (%s)", step + 1, exc)
+            return None
+        if not all_finite(adv.advantages) or (adv.returns is not None and not all_finite(adv.returns)):
+            log.warning("RL step %d: skipped the batch (non-finite advantages)", step + 1)
+            return None
+        return adv
 
     def finish(self) -> dict[str, Any]:
         policy_dir = self.run.path / "policy"
@@ -271,11 +302,38 @@ class Trainer:
                 pass  # nothing learned yet (e.g. steps=0)
         plot_curves(self.run)
         wall = self.state["wall_time_s"]
+        splits = self.run.split_report()
+        if splits["overlap"]:  # cannot happen through check_disjoint; a summary must never claim it anyway
+            raise SplitOverlapError(f"levels.jsonl lists {splits['overlap']} level(s) both trained and evaluated on")
         summary = self.run.write_summary(self.state["evals"], wall_time_s=wall, env=self.env_name,
-                                         config=self.name, rl_steps=self.state["rl_step"])
+                                         config=self.name, rl_steps=self.state["rl_step"], splits=splits)
         self.run.close()
         summary["run_dir"] = str(self.run.path)
         return summary
+
+
+def plan_levels(cfg: TrainConfig) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[tuple[int, str]]]:
+    """The (seed, level hash) pairs a run trains on (SFT, RL) and evaluates on, hashed under the run's final
+    env config; raises :class:`SplitOverlapError` when evaluation would touch a training level."""
+    spec = load_spec(cfg.env.spec)
+    n_sft = cfg.sft.levels if cfg.sft.enable else 0
+    n_train = n_sft + cfg.trainer.steps * cfg.trainer.levels_per_step
+    train = spec.levels("train", max(1, n_train), overrides=cfg.env.config)
+    held_out = spec.levels(cfg.eval.split, cfg.eval.episodes, overrides=cfg.env.config,
+                           distinct=cfg.eval.distinct_levels)
+    check_disjoint(train, held_out, cfg.eval.split)
+    return train[:n_sft], train[n_sft:], held_out
+
+
+def check_disjoint(train: list[tuple[int, str]], held_out: list[tuple[int, str]], split: str) -> None:
+    """Refuse a run whose evaluation levels include a level it trains on (by seed or by level hash)."""
+    seeds = {s for s, _ in train} & {s for s, _ in held_out}
+    hashes = {h for _, h in train} & {h for _, h in held_out}
+    if seeds or hashes:
+        raise SplitOverlapError(
+            f"eval.split={split!r} shares {len(hashes)} level(s) and {len(seeds)} seed(s) with the training levels; "
+            "held-out numbers need disjoint levels: evaluate on the 'validation' split"
+        )
 
 
 _STAGE_ORDER = {"start": 0, "untrained_done": 1, "rl": 2, "done": 3}

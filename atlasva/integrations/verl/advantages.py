@@ -9,8 +9,8 @@ row's ``extra_fields["atlasva"]`` (turn rewards and turn ends from :mod:`.output
 :func:`atlasva_advantages` rebuilds atlasva's view of the batch — each turn's reward on its end token
 (so bi-level and turn-level credit assignment see per-turn rewards, not one trajectory sum), whatever
 verl added per token (the KL penalty), turn-end mask, group ids (verl's ``uid``: the episodes of one level
-in one batch), episode and turn indices — and calls atlasva's own estimator dispatch, so the numbers are
-those of :mod:`atlasva.rl` exactly.
+in one batch), episode and turn indices — and calls atlasva's own estimator registry
+(:func:`atlasva.train.estimators.compute_advantages`), so the numbers are those of :mod:`atlasva.rl` exactly.
 
 verl's critic trains on every response token, so a critic target is needed wherever the mask is 1: for
 ``turn_gae`` (whose return lives on one anchor token per turn) the turn's return is given to all of its
@@ -28,8 +28,8 @@ import torch
 
 from atlasva import rl
 from atlasva.integrations.verl.outputs import EXTRA_KEY
-from atlasva.train.config import CRITIC_ESTIMATORS, AlgorithmConfig
-from atlasva.train.ppo import compute_advantages
+from atlasva.train.config import AlgorithmConfig
+from atlasva.train.estimators import compute_advantages, get_estimator
 
 
 @dataclass
@@ -95,7 +95,7 @@ def atlasva_advantages(response_mask: torch.Tensor, token_level_rewards: torch.T
                        algorithm: AlgorithmConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(advantages, returns)`` ``[B, T]`` for verl, from atlasva's estimator ``algorithm.estimator``."""
     batch, result = response_batch(response_mask, token_level_rewards, turn_extras(extra_fields), uids)
-    critic = algorithm.estimator in CRITIC_ESTIMATORS
+    critic = get_estimator(algorithm.estimator).critic
     if critic and values is None:
         raise ValueError(f"algorithm.estimator={algorithm.estimator} needs critic values: set critic.enable=true")
     vals = torch.as_tensor(values, dtype=torch.float32) * batch.loss_mask if critic else None

@@ -62,11 +62,11 @@ def lengths(cfg: Any, verl: VerlSection) -> tuple[int, int]:
 
 def verl_overrides(cfg: Any, run_dir: Path, manifests: dict[str, Path], model_path: str) -> list[str]:
     """Hydra overrides of verl's ``ppo_trainer`` config for this atlasva config."""
-    from atlasva.train.config import CRITIC_ESTIMATORS
+    from atlasva.train.estimators import get_estimator
 
     v: VerlSection = cfg.verl
     a, t = cfg.algorithm, cfg.trainer
-    critic = a.estimator in CRITIC_ESTIMATORS
+    critic = get_estimator(a.estimator).critic
     prompt_len, response_len = lengths(cfg, v)
     mini = v.ppo_mini_batch_size or t.levels_per_step
     if a.kl_kind not in KL_KINDS:
@@ -152,7 +152,7 @@ def atlasva_section(cfg: Any, run_dir: Path, model_path: str) -> dict[str, Any]:
         "model_path": model_path,
         "layout": _layout(cfg),
         "rollout": dataclasses.asdict(cfg.rollout),
-        "gamma_turn": float(cfg.algorithm.gamma_turn),
+        "gamma_turn": cfg.shaping_gamma(),  # the estimator's discount between turns: shaping telescopes
         "memory_dir": memory_dir,
         "memory": dataclasses.asdict(cfg.memory),
         "algorithm": dataclasses.asdict(cfg.algorithm),
@@ -177,25 +177,15 @@ def compose_verl_config(overrides: list[str], section: dict[str, Any]) -> Any:
 
 
 def draw_splits(cfg: Any) -> tuple[str, dict[str, Any], dict[str, list[tuple[int, str]]]]:
-    """(env name, final env config, {split: [(seed, level hash)]}) — distinct levels, disjoint splits."""
+    """(env name, final env config, {split: [(seed, level hash)]}): the levels under the run's final env
+    config, distinct, from the spec's disjoint splits."""
     from atlasva.envs.registry import load_spec
 
     spec = load_spec(cfg.env.spec)
-    env_config = {**spec.config, **cfg.env.config}
-    n = {"train": cfg.trainer.steps * cfg.trainer.levels_per_step, "validation": cfg.eval.episodes}
-    levels: dict[str, list[tuple[int, str]]] = {}
-    for split, count in n.items():
-        seeds = spec.seeds(split if split == "train" else cfg.eval.split, count)
-        env = spec.make(obs_mode="text", **{k: v for k, v in cfg.env.config.items() if k != "obs_mode"})
-        try:
-            levels[split] = [(s, env.reset(seed=s)[1]["level_hash"]) for s in seeds]
-        finally:
-            env.close()
-    overlap = {h for _, h in levels["train"]} & {h for _, h in levels["validation"]}
-    if overlap:
-        raise ValueError(f"{len(overlap)} level(s) are in both the training and the validation split; "
-                         "check the env spec's split ranges")
-    return spec.env, env_config, levels
+    counts = {"train": cfg.trainer.steps * cfg.trainer.levels_per_step, cfg.eval.split: cfg.eval.episodes}
+    levels = {split: spec.levels(split, n, overrides=cfg.env.config, distinct=split == "train" or cfg.eval.distinct_levels)
+              for split, n in counts.items()}
+    return spec.env, spec.final_config(cfg.env.config), levels
 
 
 def prepare(cfg: Any, name: str) -> tuple[Path, Path]:
@@ -212,8 +202,15 @@ def prepare(cfg: Any, name: str) -> tuple[Path, Path]:
     model_path = str(Path(model_path).expanduser().resolve())
     run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume)
     env, env_config, levels = draw_splits(cfg)
+    train, held = levels["train"], levels[cfg.eval.split]
+    run.record_levels("rl", train)
+    run.record_levels("eval:rl", held)
+    splits = run.split_report()
+    if splits["overlap"]:
+        raise ValueError(f"{splits['overlap']} level(s) are in both the training and the held-out split; "
+                         "check the env spec's split ranges")
     manifests = {}
-    for split, pairs in levels.items():
+    for split, pairs in (("train", train), ("validation", held)):
         manifests[split] = write_manifest(run.path / "verl" / f"{split}.json", env=env, env_config=env_config,
                                           split=split, seeds=[s for s, _ in pairs], level_hashes=[h for _, h in pairs])
     config = compose_verl_config(verl_overrides(cfg, run.path, manifests, model_path),
@@ -222,8 +219,7 @@ def prepare(cfg: Any, name: str) -> tuple[Path, Path]:
     tmp = path.with_name(".verl_config.yaml.tmp")
     tmp.write_text(OmegaConf.to_yaml(config))
     tmp.replace(path)
-    (run.path / "verl" / "splits.json").write_text(json.dumps(
-        {"train_levels": len(levels["train"]), "eval_levels": len(levels["validation"]), "overlap": 0}, indent=1) + "\n")
+    run.write_summary({}, wall_time_s=0.0, env=env, engine="verl", splits=splits)
     run.close()
     return run.path, path
 

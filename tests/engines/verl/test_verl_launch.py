@@ -22,7 +22,6 @@ def prepared(tmp_path, tiny_policy_dir, recipe: str, *extra: str):
 
     cfg, name = load_config(TrainConfig, recipe, [f"policy.model.path={tiny_policy_dir}", f"run.root={tmp_path}",
                                                   "trainer.steps=3", "eval.episodes=16", *extra])
-    cfg.env.config.pop("random_start_goal", None)  # the demo default's FrozenLake key (main's loader drops it)
     cfg.validate()
     run_dir, config_path = prepare(cfg, name)
     return cfg, run_dir, OmegaConf.load(str(config_path))
@@ -60,7 +59,8 @@ def test_dataset_rows_have_disjoint_splits(tmp_path, tiny_policy_dir):
     assert env.reset(seed=r["seed"])[1]["level_hash"] == r["level_hash"]
     batch = collate_fn(rows["train"][:4])  # verl's own collate: what its trainer hands the agent loop
     assert list(batch["agent_name"]) == ["atlasva"] * 4 and len(batch["raw_prompt"]) == 4
-    assert json.loads((run_dir / "verl" / "splits.json").read_text())["overlap"] == 0
+    splits = json.loads((run_dir / "summary.json").read_text())["splits"]
+    assert splits == {"train_levels": len(train), "eval_levels": len(val), "overlap": 0}  # levels.jsonl agrees
 
 
 def test_cli_dry_run_and_clear_errors(tmp_path, tiny_policy_dir, capsys):
