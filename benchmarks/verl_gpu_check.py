@@ -42,25 +42,9 @@ TINY = {  # the same code path at a CPU-friendly size (dry runs and tests)
 
 def model_config(geometry: dict, tokenizer) -> object:
     """A Qwen2.5-VL config with ``geometry`` whose special-token ids are ``tokenizer``'s."""
-    from transformers import Qwen2_5_VLConfig
+    from atlasva.policy.model import qwen25_vl_config
 
-    from atlasva.policy.tokenizer import (
-        EOS_TOKEN,
-        IMAGE_TOKEN,
-        PAD_TOKEN,
-        VIDEO_TOKEN,
-        VISION_END,
-        VISION_START,
-    )
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
-    text = dict(geometry["text"])
-    text["vocab_size"] = max(int(text["vocab_size"]), -(-len(tokenizer) // 64) * 64)
-    text.update(eos_token_id=tokenizer.convert_tokens_to_ids(EOS_TOKEN), pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
-                bos_token_id=None)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=dict(geometry["vision"]), image_token_id=ids[IMAGE_TOKEN],
-                            video_token_id=ids[VIDEO_TOKEN], vision_start_token_id=ids[VISION_START],
-                            vision_end_token_id=ids[VISION_END], tie_word_embeddings=text["tie_word_embeddings"])
+    return qwen25_vl_config(dict(geometry["text"]), dict(geometry["vision"]), tokenizer)
 
 
 def count_parameters(config) -> int:

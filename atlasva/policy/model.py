@@ -95,20 +95,34 @@ def _mrope_section(head_dim: int, layout: str = "interleaved") -> list[int]:
     raise ValueError(f"tiny.mrope_layout={layout!r}; accepted: interleaved, chunked")
 
 
-def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
-    """A ``Qwen2_5_VLConfig`` for the tiny policy whose token ids agree with ``tokenizer``."""
+def qwen25_vl_config(text: dict[str, Any], vision: dict[str, Any], tokenizer: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` with this geometry whose token ids agree with ``tokenizer`` (the vocabulary is
+    at least the tokenizer's size rounded up to 64)."""
     from transformers import Qwen2_5_VLConfig
 
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
+    text = {**text, "vocab_size": max(int(text.get("vocab_size", 0)), -(-len(tokenizer) // 64) * 64),
+            "bos_token_id": None, "eos_token_id": tokenizer.convert_tokens_to_ids(EOS_TOKEN),
+            "pad_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN)}
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[VIDEO_TOKEN],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=text.get("tie_word_embeddings", True),
+    )
+
+
+def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` for the tiny policy whose token ids agree with ``tokenizer``."""
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(f"tiny.hidden_size={cfg.hidden_size} must be divisible by num_attention_heads")
     if cfg.vision_hidden_size % cfg.vision_num_heads:
         raise ValueError(f"tiny.vision_hidden_size={cfg.vision_hidden_size} must be divisible by vision_num_heads")
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
-    vocab = -(-len(tokenizer) // 64) * 64
-    eos, pad = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     text = {
-        "vocab_size": vocab,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers,
@@ -118,9 +132,6 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": _mrope_section(head_dim, cfg.mrope_layout)},
         "use_sliding_window": False,
         "tie_word_embeddings": cfg.tie_word_embeddings,
-        "bos_token_id": None,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
     }
     vision = {
         "depth": cfg.vision_depth,
@@ -134,15 +145,7 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         "window_size": cfg.patch_size * cfg.spatial_merge_size * 4,
         "fullatt_block_indexes": [cfg.vision_depth - 1],
     }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids[IMAGE_TOKEN],
-        video_token_id=ids[VIDEO_TOKEN],
-        vision_start_token_id=ids[VISION_START],
-        vision_end_token_id=ids[VISION_END],
-        tie_word_embeddings=cfg.tie_word_embeddings,
-    )
+    return qwen25_vl_config(text, vision, tokenizer)
 
 
 def _tiny_fingerprint(cfg: TinyModelConfig) -> dict[str, Any]:

@@ -76,8 +76,9 @@ class Policy:
 
     @property
     def token_level(self) -> bool:
-        """True when ``generate`` takes token ids (:class:`Encoded`) and returns token ids + log-probs."""
-        return self.config.backend in ("hf", "vllm")
+        """True when prompts are token ids (:class:`Encoded`) and outputs token ids + log-probs: the policy
+        has a tokenizer of its own (a local model, or the vllm backend's processor)."""
+        return self._model is not None or self._processor is not None or self._model_loader is not None
 
     # ---------------------------------------------------------------- generation
     def generate(
