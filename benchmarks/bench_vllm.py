@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     hf = HFBackend(pm, greedy)
     t0 = time.perf_counter()
     vllm = VLLMBackend(twin, pm.processor, VLLMConfig(dtype="float32", max_model_len=4096), greedy,
-                       allowed_token_ids=allowed_token_ids(pm.processor, vocab), source=pm, weight_name=text_weight_name)
+                       allowed_token_ids=allowed_token_ids(pm.processor, vocab), vocab_size=vocab, source=pm,
+                       weight_name=text_weight_name)
     startup = time.perf_counter() - t0
     for backend in (hf, vllm):  # warm-up (vLLM compiles, hf allocates)
         backend.generate(prompts)

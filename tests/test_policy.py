@@ -481,3 +481,11 @@ def test_text_export_gives_the_same_text_logits(pm: PolicyModel, tiny_dir: Path,
     assert torch.allclose(a, b, atol=1e-5)
     assert text_weight_name("model.visual.blocks.0.attn.qkv.weight") is None
     assert (out / "tokenizer_config.json").is_file()
+
+
+def test_vllm_token_mask_takes_the_shorter_spelling() -> None:
+    from atlasva.policy.backends import vllm_token_mask
+
+    assert vllm_token_mask([5, 3, 3], 151936) == {"allowed_token_ids": [3, 5]}  # small tokenizer, big vocab
+    mask = vllm_token_mask([i for i in range(100) if i not in (7, 42)], 100)  # a real tokenizer: block the few
+    assert mask == {"logit_bias": {7: -100.0, 42: -100.0}}

@@ -7,7 +7,7 @@
   same quantity :meth:`PolicyModel.score` computes with the same temperature.
 - :class:`VLLMBackend` — vLLM's offline engine on the same local model folder (the ``vllm`` extra): the
   same token ids in (images as multimodal data), token ids and log-probs out, the same token mask
-  (``allowed_token_ids``) and end-of-turn stop; inside a trainer it copies the local model's weights into
+  (``allowed_token_ids`` or ``logit_bias``) and end-of-turn stop; inside a trainer it copies the local model's weights into
   the engine whenever they changed since the last generation.
 - :class:`OpenAIBackend` — any OpenAI-compatible ``/chat/completions`` server (vLLM, hosted models):
   images as PNG data URLs, API key from an environment variable, bounded retries with exponential
@@ -182,12 +182,26 @@ def check_vllm_compatible(config: dict[str, Any]) -> None:
         )
 
 
+BLOCKED_BIAS = -100.0  # vLLM clamps logit biases to [-100, 100]: e^-100 of the mass, i.e. none in fp32
+
+
+def vllm_token_mask(allowed: Sequence[int], vocab_size: int) -> dict[str, Any]:
+    """vLLM sampling parameters forbidding every token outside ``allowed``, in the shorter of two spellings:
+    ``allowed_token_ids`` (a small tokenizer inside a big vocabulary) or ``logit_bias`` on the blocked ids
+    (a real tokenizer: a few hundred special and vision tokens) — the list travels with every request."""
+    allowed = sorted({int(i) for i in allowed})
+    if len(allowed) <= vocab_size - len(allowed):
+        return {"allowed_token_ids": allowed}
+    keep = set(allowed)
+    return {"logit_bias": {i: BLOCKED_BIAS for i in range(vocab_size) if i not in keep}}
+
+
 class VLLMBackend:
     """vLLM's offline ``LLM`` engine: :class:`Encoded` token ids (+ their images) in, ids + log-probs out.
 
     The contract is :class:`HFBackend`'s: the same prompt ids (generated ids are appended by the caller,
     never re-tokenised), the end-of-turn token included when a turn ends, special and vision tokens
-    forbidden (``allowed_token_ids``), and ``logprobs`` of the sampled tokens under that masked
+    forbidden (:func:`vllm_token_mask`), and ``logprobs`` of the sampled tokens under that masked
     distribution at the sampling temperature (vLLM's ``processed_logprobs``). One difference: with
     top-p < 1 or top-k > 0 vLLM reports log-probs of the truncated distribution, hf of the untruncated one.
 
@@ -206,6 +220,7 @@ class VLLMBackend:
         sampling: SamplingConfig | None = None,
         *,
         allowed_token_ids: Sequence[int] | None = None,
+        vocab_size: int | None = None,
         source: Any = None,
         weight_name: Any = None,
         llm: Any = None,
@@ -215,6 +230,9 @@ class VLLMBackend:
         self.config = config or VLLMConfig()
         self.sampling = sampling or SamplingConfig()
         self.allowed_token_ids = sorted(int(i) for i in allowed_token_ids) if allowed_token_ids is not None else None
+        if self.allowed_token_ids is not None and vocab_size is None:
+            raise ValueError("vllm backend: allowed_token_ids needs the model's vocab_size")
+        self.token_mask = vllm_token_mask(self.allowed_token_ids, int(vocab_size)) if self.allowed_token_ids else {}
         self.source = source
         self.weight_name = weight_name
         self.calls = 0
@@ -297,8 +315,8 @@ class VLLMBackend:
             seed=int(seed),
             logprobs=0,  # the sampled token's log-prob
             stop_token_ids=[int(self.processor.eos_token_id)],
-            allowed_token_ids=self.allowed_token_ids,
             detokenize=False,  # decoded below with the policy's own tokenizer
+            **self.token_mask,
         )
 
     def generate(

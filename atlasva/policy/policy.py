@@ -53,8 +53,9 @@ class Policy:
     def _vllm(cls, cfg: PolicyConfig, init_dir: str | Path | None) -> Policy:
         path = model_folder(cfg.model, init_dir)
         processor = PolicyProcessor.from_pretrained(path)
+        vocab = _vocab_size(path)
         backend = VLLMBackend(path, processor, cfg.vllm, cfg.sampling,
-                              allowed_token_ids=allowed_token_ids(processor, _vocab_size(path)))
+                              allowed_token_ids=allowed_token_ids(processor, vocab), vocab_size=vocab)
 
         def load() -> PolicyModel:
             model = PolicyModel.from_pretrained(

@@ -32,7 +32,7 @@ from atlasva.envs.pool import EnvPool, InProcessEnvPool
 from atlasva.integrations.verl.config import LAYOUTS
 from atlasva.integrations.verl.memory_sync import store_at
 from atlasva.integrations.verl.outputs import verl_outputs
-from atlasva.policy.backends import GenerationOutput
+from atlasva.policy.backends import GenerationOutput, vllm_token_mask
 from atlasva.policy.config import PolicyConfig, SamplingConfig
 from atlasva.policy.model import allowed_token_ids
 from atlasva.policy.processor import Encoded, PolicyProcessor
@@ -71,12 +71,13 @@ class RunSettings:
 
 
 @functools.lru_cache(maxsize=4)
-def _processor(model_path: str) -> tuple[PolicyProcessor, tuple[int, ...]]:
-    """atlasva's processor of the model folder (the ids the trainer sees) and the ids a policy may emit."""
+def _processor(model_path: str) -> tuple[PolicyProcessor, dict[str, Any]]:
+    """atlasva's processor of the model folder (the ids the trainer sees) and the vLLM sampling parameters
+    that keep generation to the ids a policy may emit."""
     processor = PolicyProcessor.from_pretrained(model_path)
     cfg = json.loads((Path(model_path) / "config.json").read_text())
     vocab = int((cfg.get("text_config") or cfg)["vocab_size"])
-    return processor, tuple(allowed_token_ids(processor, vocab))
+    return processor, vllm_token_mask(allowed_token_ids(processor, vocab), vocab)
 
 
 class ServerPolicy:
@@ -92,13 +93,13 @@ class ServerPolicy:
     token_level = True
 
     def __init__(self, server_manager: Any, processor: PolicyProcessor, sampling_params: dict[str, Any],
-                 loop: asyncio.AbstractEventLoop, *, allowed: Sequence[int] | None = None,
+                 loop: asyncio.AbstractEventLoop, *, token_mask: dict[str, Any] | None = None,
                  request_id: str | None = None) -> None:
         self.server_manager = server_manager
         self.processor = processor
         self.sampling_params = dict(sampling_params)
         self.loop = loop
-        self.allowed = list(allowed) if allowed is not None else None
+        self.token_mask = dict(token_mask or {})
         self.request_id = request_id or uuid4().hex
         temperature = float(self.sampling_params.get("temperature", 1.0))
         top_k = int(self.sampling_params.get("top_k", 0) or 0)
@@ -129,9 +130,7 @@ class ServerPolicy:
             raise TypeError(f"the verl agent loop generates from token ids (Encoded), got {type(prompt).__name__}")
         eos = self.processor.eos_token_id
         params = {**self.sampling_params, "max_tokens": int(max_new_tokens), "logprobs": True,
-                  "stop_token_ids": [eos]}
-        if self.allowed is not None:
-            params["allowed_token_ids"] = self.allowed
+                  "stop_token_ids": [eos], **self.token_mask}
         images = [Image.fromarray(im) for im in prompt.images] or None
         out = await self.server_manager.generate(self.request_id, prompt_ids=list(prompt.input_ids),
                                                  sampling_params=params, image_data=images)
@@ -168,9 +167,9 @@ class AtlasvaAgentLoop(AgentLoopBase):
 
     async def run(self, sampling_params: dict[str, Any], **row: Any) -> AgentLoopOutput | list[AgentLoopOutput]:
         settings = RunSettings.from_trainer_config(self.config)
-        processor, allowed = _processor(settings.model_path)
+        processor, token_mask = _processor(settings.model_path)
         loop = asyncio.get_running_loop()
-        policy = ServerPolicy(self.server_manager, processor, sampling_params, loop, allowed=allowed)
+        policy = ServerPolicy(self.server_manager, processor, sampling_params, loop, token_mask=token_mask)
         snapshot = store_at(settings.memory_dir).snapshot() if settings.memory_dir else None
         env_config = row["env_config"]
         env_config = json.loads(env_config) if isinstance(env_config, str) else dict(env_config)

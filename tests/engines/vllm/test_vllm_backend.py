@@ -45,7 +45,7 @@ def engine(tmp_path_factory):
     vocab = json.loads((twin / "config.json").read_text())["vocab_size"]
     backend = VLLMBackend(twin, pm.processor, VLLMConfig(dtype="float32", max_model_len=4096, cpu_kv_cache_gib=1),
                           SamplingConfig(max_new_tokens=12), allowed_token_ids=allowed_token_ids(pm.processor, vocab),
-                          source=pm, weight_name=text_weight_name)
+                          vocab_size=vocab, source=pm, weight_name=text_weight_name)
     return pm, backend
 
 
