@@ -20,7 +20,7 @@ tokens; for critic-free estimators the returns are the advantages (verl's conven
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,7 +42,6 @@ class ResponseBatch:
     group_ids: list[str]
     episode_index: list[int]
     turn_ids: list[int]
-    encoded: list[Any] = field(default_factory=list)
 
 
 def turn_extras(extra_fields: Sequence[Any]) -> list[dict[str, Any]]:

@@ -55,7 +55,9 @@ def _split_prompt(sample: Sample) -> int:
 
 
 def _turn_reward(turns: list[Turn], k: int) -> float:
-    return turns[k].reward if k < len(turns) else 0.0
+    if k >= len(turns):
+        raise ValueError(f"a sample ends turn {k} but the episode recorded {len(turns)} turn(s)")
+    return turns[k].reward
 
 
 def episode_metrics(episode: Episode) -> dict[str, float]:
