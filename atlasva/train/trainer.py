@@ -67,33 +67,50 @@ class Trainer:
         self.memory = SkillMemory(cfg.memory)
         self.optimizer = torch.optim.AdamW(self.policy.model.trainable_parameters(), lr=cfg.trainer.lr)
         self.ref_model = None
-        self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0}
+        self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0, "stage_wall_s": {}}
         self.pool = InProcessEnvPool()
         self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.shaping_gamma())
         self._wandb = None
         self._resume()
 
     # ------------------------------------------------------------------ checkpoints
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        out = {f"model/{k}": v for k, v in self.policy.model.base.state_dict().items()}
+    # pack_state / unpack_state are mirror images: the same flat keys written and read
+    # (model/…, value_head/…, optim/<param index>/<name>, rng/torch; JSON: stage, step, evals, optimiser groups)
+    def pack_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{k}": v for k, v in self.policy.model.base.state_dict().items()}
         if self.policy.model.value_head is not None:
-            out.update({f"value_head/{k}": v for k, v in self.policy.model.value_head.state_dict().items()})
-        return out
-
-    def save(self) -> Path:
-        tensors = self._model_state()
+            tensors.update({f"value_head/{k}": v for k, v in self.policy.model.value_head.state_dict().items()})
         opt = self.optimizer.state_dict()
         for idx, st in opt["state"].items():
             for k, v in st.items():
                 tensors[f"optim/{idx}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         tensors["rng/torch"] = torch.get_rng_state()
-        state = {
-            **self.state,
-            "wall_time_s": self.state["wall_time_s"] + (time.time() - self.t0),
-            "optim_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
-        }
+        state = {**self.state,
+                 "optim_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
+        return tensors, state
+
+    def unpack_state(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        def section(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.policy.model.base.load_state_dict(section("model/"), strict=True)
+        if self.policy.model.value_head is not None:
+            self.policy.model.value_head.load_state_dict(section("value_head/"), strict=True)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in section("optim/").items():
+            idx, name = key.split("/", 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+        groups = self.optimizer.state_dict()["param_groups"]
+        for g, saved in zip(groups, state.get("optim_param_groups", [])):
+            g.update(saved)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
+        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s", "stage_wall_s")}
+
+    def save(self) -> Path:
+        self.state["wall_time_s"] += time.time() - self.t0
         self.t0 = time.time()
-        self.state["wall_time_s"] = state["wall_time_s"]
+        tensors, state = self.pack_state()
         return self.run.save_checkpoint(self._ckpt_index(), tensors, state, extra=lambda d: self.memory.save(d / "memory"))
 
     def _ckpt_index(self) -> int:
@@ -106,27 +123,11 @@ class Trainer:
         loaded = self.run.load_checkpoint()
         if loaded is None:
             return
-        tensors, state = loaded
-        model_sd = {k[len("model/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("model/")}
-        self.policy.model.base.load_state_dict(model_sd, strict=True)
-        if self.policy.model.value_head is not None:
-            vh = {k[len("value_head/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("value_head/")}
-            self.policy.model.value_head.load_state_dict(vh, strict=True)
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                _, idx, name = k.split("/", 2)
-                opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v.copy())
-        groups = self.optimizer.state_dict()["param_groups"]
-        for g, saved in zip(groups, state.get("optim_param_groups", [])):
-            g.update(saved)
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
+        self.unpack_state(*loaded)
         ckpts = self.run.checkpoints()
         mem_dir = ckpts[-1] / "memory"
         if mem_dir.exists():
             self.memory = SkillMemory.load(mem_dir)
-        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s")}
         self.run.truncate_metrics(int(self.state["rl_step"]))
         print(f"resumed from {ckpts[-1].name}: stage {self.state['stage']}, RL step {self.state['rl_step']}")
 
@@ -156,34 +157,46 @@ class Trainer:
               f"turns {summary['mean_turns']:.2f}, format-valid {summary['format_valid_rate']:.2f}")
         return summary
 
+    def _timed(self, part: str, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` and add its wall time to ``state["stage_wall_s"][part]`` (kept across resumes)."""
+        t = time.time()
+        out = fn(*args)
+        times = self.state["stage_wall_s"]
+        times[part] = round(times.get(part, 0.0) + time.time() - t, 1)
+        return out
+
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         stages = cfg.eval.stages
         if self.state["stage"] == "start":
             if "untrained" in stages:
-                self.evaluate("untrained")
+                self._timed("eval:untrained", self.evaluate, "untrained")
             self.state["stage"] = "untrained_done"
             self.save()
         if self.state["stage"] == "untrained_done":
             if cfg.sft.enable:
-                snap = self.memory.snapshot() if cfg.memory.enable else None
-                demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds,
-                                    rollout=cfg.rollout, snapshot=snap)
-                self.run.record_levels("sft", self.sft_levels)
-                sft_stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                                      batch_size=cfg.sft.batch_size, seed=cfg.trainer.seed)
-                print(f"[sft] {int(sft_stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), final loss {sft_stats['sft/final_loss']:.3f}")
+                self._timed("sft", self._sft)
                 if "sft" in stages:
-                    self.evaluate("sft")
+                    self._timed("eval:sft", self.evaluate, "sft")
             self.state["stage"] = "rl"
             self.save()
         if self.state["stage"] == "rl":
-            self._rl_loop()
+            self._timed("rl", self._rl_loop)
             if "rl" in stages:
-                self.evaluate("rl")
+                self._timed("eval:rl", self.evaluate, "rl")
             self.state["stage"] = "done"
             self.save()
         return self.finish()
+
+    def _sft(self) -> None:
+        cfg = self.cfg
+        snap = self.memory.snapshot() if cfg.memory.enable else None
+        demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds, rollout=cfg.rollout, snapshot=snap)
+        self.run.record_levels("sft", self.sft_levels)
+        stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
+                          seed=cfg.trainer.seed)
+        print(f"[sft] {int(stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), "
+              f"final loss {stats['sft/final_loss']:.3f}")
 
     def _reference_model(self) -> Any:
         """The KL reference: the policy as RL began, kept in the run folder so a resumed run uses the same one."""
@@ -306,7 +319,8 @@ class Trainer:
         if splits["overlap"]:  # cannot happen through check_disjoint; a summary must never claim it anyway
             raise SplitOverlapError(f"levels.jsonl lists {splits['overlap']} level(s) both trained and evaluated on")
         summary = self.run.write_summary(self.state["evals"], wall_time_s=wall, env=self.env_name,
-                                         config=self.name, rl_steps=self.state["rl_step"], splits=splits)
+                                         config=self.name, rl_steps=self.state["rl_step"], splits=splits,
+                                         stage_wall_s=self.state["stage_wall_s"])
         self.run.close()
         summary["run_dir"] = str(self.run.path)
         return summary
