@@ -48,6 +48,22 @@ def test_config_errors_name_the_key():
         cfg.validate()
 
 
+def test_the_demo_default_is_the_frozenlake_memory_grpo_config():
+    """README: `atlasva train` with no config runs configs/frozenlake-memory-grpo.yaml's values (one run identity)."""
+    from atlasva.config import to_dict
+    from atlasva.runs import run_identity
+    from atlasva.train.trainer import COSMETIC_KEYS
+
+    embedded, _ = load_config(TrainConfig, None, [])
+    twin, _ = load_config(TrainConfig, "frozenlake-memory-grpo", [])
+    assert run_identity(to_dict(embedded), COSMETIC_KEYS) == run_identity(to_dict(twin), COSMETIC_KEYS)
+    # the demo's reward has no per-turn bonus to farm, and its shaping telescopes under its estimator
+    assert embedded.env.config["format_reward"] == 0.0 and embedded.shaping_gamma() == 1.0
+    # the other memory configs keep learning their atlases (the demo's heuristics-only default is not inherited)
+    for name in ("sokoban-memory", "navigation-memory-grpo", "frozenlake-memory"):
+        assert load_config(TrainConfig, name, [])[0].memory.learn_atlases, name
+
+
 def test_train_writes_run_folder_inspector_and_hf_policy(tmp_path, tiny_policy_dir, capsys):
     args = _args(tmp_path, tiny_policy_dir, "trainer.steps=2", "trainer.inspect_every=1", "sft.levels=6",
                  "sft.epochs=1", "eval.episodes=4", "eval.batch_size=4")
