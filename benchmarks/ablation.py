@@ -1,7 +1,7 @@
 """The seeds' central claim, measured: memory {off, heuristics only, full} × estimator {bi-level GAE,
 trajectory GRPO}, on the demo's config and step budget, several seeds each.
 
-    .venv/bin/python benchmarks/ablation.py [--config frozenlake-memory] [--seeds 0 1 2] [--steps N] [--jobs 2]
+    .venv/bin/python benchmarks/ablation.py [--config NAME] [--seeds 0 1 2] [--estimators grpo] [--steps N] [--jobs 2]
 
 Each arm is an ordinary ``atlasva train`` run (its own run folder under ``runs/ablation/``, so an
 interrupted ablation resumes arm by arm), evaluated on the run's held-out levels — distinct levels that
@@ -24,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
     "memory off": ["memory.enable=false"],
     "heuristics only": ["memory.enable=true", "memory.learn_atlases=false"],
-    "full memory": ["memory.enable=true"],
+    "full memory": ["memory.enable=true", "memory.learn_atlases=true"],
 }
-ESTIMATORS = {
-    "bi-level GAE": ["algorithm.estimator=bi_level_gae", "trainer.group_size=1"],
+ESTIMATORS = {  # the same 16 episodes per RL step in both
+    "bi-level GAE": ["algorithm.estimator=bi_level_gae", "trainer.group_size=1", "trainer.levels_per_step=16"],
     "trajectory GRPO": ["algorithm.estimator=grpo", "trainer.group_size=4", "trainer.levels_per_step=4"],
 }
+ESTIMATOR_KEYS = {"gae": "bi-level GAE", "grpo": "trajectory GRPO"}
 
 
 def run_arm(config: str, overrides: list[str], name: str) -> dict:
@@ -62,7 +63,8 @@ def paired_difference(a: list[dict[str, bool]], b: list[dict[str, bool]]) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="frozenlake-memory")
+    ap.add_argument("--config", default=None, help="config name or YAML (default: the demo's embedded config)")
+    ap.add_argument("--estimators", nargs="+", choices=sorted(ESTIMATOR_KEYS), default=sorted(ESTIMATOR_KEYS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="RL steps (default: the config's)")
     ap.add_argument("--eval-episodes", type=int, default=200)
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs: dict[tuple[str, int], tuple[str, list[str], str]] = {}
-    for est_name, est_over in ESTIMATORS.items():
+    estimators = {ESTIMATOR_KEYS[k]: ESTIMATORS[ESTIMATOR_KEYS[k]] for k in args.estimators}
+    jobs: dict[tuple[str, int], tuple[str | None, list[str], str]] = {}
+    for est_name, est_over in estimators.items():
         for arm_name, arm_over in ARMS.items():
             key = f"{arm_name} / {est_name}"
             for seed in args.seeds:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{arms[0]['rl']['distinct_levels']} distinct levels (train/eval overlap "
               f"{max(a['splits']['overlap'] for a in arms)})")
     differences = {}
-    for est_name in ESTIMATORS:
+    for est_name in estimators:
         full, heur = results[f"full memory / {est_name}"], results[f"heuristics only / {est_name}"]
         diff = paired_difference(full["by_level"], heur["by_level"])
         differences[f"full − heuristics / {est_name}"] = diff
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 linestyle="-" if "GAE" in key else "--")
     ax.set_xlabel("RL step")
     ax.set_ylabel("training success (mean over seeds, 5-step mean)")
-    ax.set_title(f"memory × estimator ablation ({args.config})")
+    ax.set_title(f"memory × estimator ablation ({args.config or 'the demo config'})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = args.out.with_suffix(".png")
