@@ -174,7 +174,7 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     small = ["model.image_size=32", "model.patch_size=8", "model.dim=32", "model.heads=2", "model.vision_dim=32",
              "model.text_hidden=32", "model.text_heads=2", "model.text_kv_heads=1", "model.text_intermediate=64",
              "model.decoder_dim=32", "model.decoder_heads=2", "model.decoder_layers=1", "model.depth=1",
-             "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
+             "model.keypoint_map=16", "model.keypoints=2", "model.keypoint_channels=4", "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
              f"collect.dataset={tmp_path / 'ds'}", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "train.checkpoint_every=2", "train.num_threads=1", "eval.episodes_per_task=1", "eval.num_threads=1",
              "eval.expert_baseline=false", "run.root=runs", f"sim.cameras=[{','.join(cameras)}]"]

@@ -6,11 +6,14 @@ configuration (goal / object position) through the env's seeded ``rand_vec``. Fr
 shared :class:`atlasva.sim.render.OffscreenRenderer`, and only when the policy is queried.
 
 Actions are Meta-World's 4-D ``[dx, dy, dz, gripper]`` in [-1, 1]; proprioception is the hand
-position and gripper opening (``obs[:4]``).
+position and gripper opening (``obs[:4]``). Each frame also records the simulator's object and goal
+positions (``observation.environment_state``, LeRobot's name for privileged state): never a policy
+input, only the target of the optional auxiliary loss (``train.aux_weight``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -24,10 +27,19 @@ import numpy as np
 
 from atlasva.sim.render import OffscreenRenderer, configure_headless
 from atlasva.vla.config import VLAConfig
-from atlasva.vla.data import ChunkData, LeRobotWriter, Normalizer, compute_stats, load_lerobot_for_training
+from atlasva.vla.data import (
+    ChunkData,
+    LeRobotWriter,
+    Normalizer,
+    compute_stats,
+    load_lerobot_column,
+    load_lerobot_for_training,
+)
 
 IMAGE_KEY = "observation.image"  # one camera; several cameras: observation.images.<camera> (LeRobot's naming)
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"
+ENV_STATE_NAMES = ["object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z"]
 ACTION_KEY = "action"
 
 
@@ -89,6 +101,12 @@ class MetaWorldTask:
         assert self.obs is not None, "call reset() first"
         return self.obs[:4].astype(np.float32)
 
+    def env_state(self) -> np.ndarray:
+        """The first object's position and the goal (``obs[4:7]``, ``obs[-3:]``): reach-v3's goal and its
+        (unused) puck, drawer-open-v3's handle and open position, pick-place's puck and target."""
+        assert self.obs is not None, "call reset() first"
+        return np.concatenate([self.obs[4:7], self.obs[-3:]]).astype(np.float32)
+
     def image(self) -> np.ndarray:
         """The first camera's frame, uint8 H×W×3."""
         return self.renderers[0].render(self.env.data)
@@ -134,7 +152,7 @@ _WORKER_SIMS: dict[tuple[Any, ...], MetaWorldTask] = {}
 
 
 def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]) -> dict[str, Any] | None:
-    """One noisy scripted-expert episode as arrays ({"images": [T, S, H, W, 3], "state", "action"}),
+    """One noisy scripted-expert episode as arrays ({"images": [T, S, H, W, 3], "state", "env_state", "action"}),
     or None when the expert failed. Runs in the parent or in a collect worker, which keeps one
     simulator per task alive between episodes."""
     task, seed, size, cameras, flip, max_steps, noise = job
@@ -144,15 +162,17 @@ def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]
         sim = _WORKER_SIMS[key] = MetaWorldTask(task, size, cameras, flip, max_steps)
     rng = np.random.default_rng([seed, 7])  # per episode: the same data whatever the number of workers
     sim.reset(seed)
-    images, states, actions = [], [], []
+    images, states, env_states, actions = [], [], [], []
     for _ in range(max_steps):
         images.append(sim.images())
         states.append(sim.state())
+        env_states.append(sim.env_state())
         label = sim.expert_action()
         actions.append(label)
         executed = label + noise * rng.standard_normal(4).astype(np.float32)
         if sim.step(executed):
-            return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions)}
+            return {"images": np.stack(images), "state": np.stack(states), "env_state": np.stack(env_states),
+                    "action": np.stack(actions)}
     return None
 
 
@@ -195,6 +215,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     features = {
         **{k: {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]} for k in keys},
         STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
+        ENV_STATE_KEY: {"dtype": "float32", "shape": [len(ENV_STATE_NAMES)], "names": ENV_STATE_NAMES},
         ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
     }
     writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer")
@@ -218,8 +239,8 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
                 stats[task]["expert_failed"] += 1
             else:
                 frames = {k: episode["images"][:, v] for v, k in enumerate(keys)}
-                writer.add_episode({**frames, STATE_KEY: episode["state"], ACTION_KEY: episode["action"]},
-                                   instructions[task])
+                writer.add_episode({**frames, STATE_KEY: episode["state"], ENV_STATE_KEY: episode["env_state"],
+                                    ACTION_KEY: episode["action"]}, instructions[task])
                 stats[task]["kept"] += 1
             k = job[1] - cfg.collect.seed_start + 1
             if k % 10 == 0 or k == counts[task]:
@@ -292,8 +313,10 @@ def train(cfg: VLAConfig) -> Path:
     from atlasva.vla.vggt_weights import load_vggt_weights, load_vision_weights
 
     torch.set_num_threads(max(1, cfg.train.num_threads))
-    geometry = cfg.model.geometry()
     keys = image_keys(cfg.sim.cameras)
+    geometry = cfg.model.geometry()
+    if cfg.model.views is None:  # unset: one view per camera
+        geometry = dataclasses.replace(geometry, views=len(keys))
     images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
         cfg.collect.dataset, keys, ACTION_KEY, STATE_KEY if geometry.state_dim else None
     )
@@ -303,12 +326,19 @@ def train(cfg: VLAConfig) -> Path:
         raise ValueError(f"dataset actions are {actions.shape[1]}-D, model.action_dim is {geometry.action_dim}")
     if states is not None and states.shape[1] != geometry.state_dim:
         raise ValueError(f"dataset states are {states.shape[1]}-D, model.state_dim is {geometry.state_dim}")
+    if geometry.keypoints and geometry.views != len(keys):
+        raise ValueError(f"model.views is {geometry.views} but sim.cameras gives {len(keys)} view(s) per frame; "
+                         f"set model.views={len(keys)}")
+    env_states = _aux_targets(cfg, geometry.aux_dim)
     stats = {ACTION_KEY: compute_stats(actions)}
     if states is not None:
         stats[STATE_KEY] = compute_stats(states)
+    if env_states is not None:
+        stats[ENV_STATE_KEY] = compute_stats(env_states)
     norm = Normalizer(stats, mode=cfg.train.normalization)
     data = ChunkData(images, norm.normalize(ACTION_KEY, actions), episodes, task_ids, tasks,
-                     norm.normalize(STATE_KEY, states) if states is not None else None)
+                     norm.normalize(STATE_KEY, states) if states is not None else None,
+                     norm.normalize(ENV_STATE_KEY, env_states) if env_states is not None else None)
 
     model = build_model(geometry, seed=cfg.model.seed)
     if cfg.model.vision_path:
@@ -365,20 +395,25 @@ def train(cfg: VLAConfig) -> Path:
         ids = torch.cat([_pad(token_cache[t][0], max(token_cache[u][0].shape[1] for u in set(tid.tolist())), model.text.pad_id) for t in tid])
         mask = torch.cat([_pad(token_cache[t][1], ids.shape[1], 0) for t in tid])
         st = torch.from_numpy(data.states[idx]) if data.states is not None else None
+        aux = torch.from_numpy(data.aux[idx]) if data.aux is not None else None
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model.loss(x, ids, mask, torch.from_numpy(target), st, generator=gen, action_mask=torch.from_numpy(valid))
+        terms = model.loss_terms(x, ids, mask, torch.from_numpy(target), st, generator=gen,
+                                 action_mask=torch.from_numpy(valid), aux_target=aux)
+        loss = terms["action"] + cfg.train.aux_weight * terms["aux"] if aux is not None else terms["action"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append({k: v.item() for k, v in terms.items()})
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             rate = (done - start) / max(1e-9, time.time() - t0)
-            run.log_metrics(done, {"train/loss": float(np.mean(losses)), "train/grad_norm": float(grad_norm),
-                                   "train/lr": lr_at(step), "train/steps_per_s": rate})
-            _progress(f"train step {done}/{cfg.train.steps} loss {np.mean(losses):.4f} ({rate:.2f} it/s, "
+            means = {k: float(np.mean([row[k] for row in losses])) for k in losses[0]}
+            run.log_metrics(done, {"train/loss": means["action"], **({"train/aux_loss": means["aux"]} if "aux" in means else {}),
+                                   "train/grad_norm": float(grad_norm), "train/lr": lr_at(step), "train/steps_per_s": rate})
+            aux_msg = f" aux {means['aux']:.4f}" if "aux" in means else ""
+            _progress(f"train step {done}/{cfg.train.steps} loss {means['action']:.4f}{aux_msg} ({rate:.2f} it/s, "
                       f"eta {(cfg.train.steps - done) / max(rate, 1e-9):.0f}s)")
             losses = []
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
@@ -388,6 +423,25 @@ def train(cfg: VLAConfig) -> Path:
     run.close()
     _progress(f"training done: {run.path} ({time.time() - t0:.0f}s)")
     return run.path
+
+
+def _aux_targets(cfg: VLAConfig, aux_dim: int) -> np.ndarray | None:
+    """The auxiliary loss's per-frame targets [N, aux_dim] (raw), or None when the loss is off."""
+    if cfg.train.aux_weight < 0:
+        raise ValueError(f"train.aux_weight must be ≥ 0, got {cfg.train.aux_weight}")
+    if cfg.train.aux_weight == 0:
+        return None
+    if not aux_dim:
+        raise ValueError(f"train.aux_weight={cfg.train.aux_weight} needs an auxiliary head: set model.aux_dim="
+                         f"{len(ENV_STATE_NAMES)} (or train.aux_weight=0)")
+    try:
+        targets = load_lerobot_column(cfg.collect.dataset, ENV_STATE_KEY)
+    except KeyError:
+        raise ValueError(f"{cfg.collect.dataset} has no {ENV_STATE_KEY!r} (recorded by `atlasva vla collect` since the "
+                         f"auxiliary loss exists): re-collect with collect.overwrite=true, or set train.aux_weight=0") from None
+    if targets.shape[1] != aux_dim:
+        raise ValueError(f"{ENV_STATE_KEY} is {targets.shape[1]}-D, model.aux_dim is {aux_dim}")
+    return targets
 
 
 def _pad(t: Any, length: int, value: int) -> Any:
