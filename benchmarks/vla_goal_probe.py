@@ -10,8 +10,8 @@ and the share of held-out frames within 5 cm (reach-v3's success radius):
 * ``mean`` — predict the training goals' mean (the plateau every learner first sits on);
 * ``oracle-linear`` / ``oracle-quadratic`` — the reference line: a colour threshold (the goal is a bright red
   sphere: R > 200, G < 60, B < 60, minus the pixels that are red in most training frames, i.e. the arm's
-  and fingers' fixed highlights), its centroid per view, least squares from the centroids (and their
-  squares and products) to the goal;
+  and fingers' fixed highlights), its centroid per view, least squares from the centroids, found flags and
+  the hand position (the wrist camera moves with it) — and their squares and products — to the goal;
 * ``keypoints`` — the keypoint stem AtlasVLA uses (``KeypointEncoder``: 3 convolutions at 48×48, 16 spatial
   soft-argmax keypoints per view) with a linear read-out, MSE on standardised targets;
 * ``vla-<vision>-<head>`` — the whole tiny AtlasVLA (instruction, proprioception, aggregator, decoder) with a
@@ -108,14 +108,16 @@ def oracle(train: dict[str, np.ndarray], held: dict[str, np.ndarray]) -> dict[st
     r, g, b = RED_GOAL
     red = (img[..., 0] > r) & (img[..., 1] < g) & (img[..., 2] < b)
     static = red.mean(0) > 0.5  # [S, H, W]: the arm's / fingers' own red highlights
-    ftr, fho = red_centroids(train["images"], static), red_centroids(held["images"], static)
+    ftr = np.concatenate([red_centroids(train["images"], static), train["state"][:, :3]], axis=1)
+    fho = np.concatenate([red_centroids(held["images"], static), held["state"][:, :3]], axis=1)
+    views = train["images"].shape[1]
     out = {}
     for name, feat in (("oracle-linear", lambda f: f), ("oracle-quadratic", quadratic)):
         a_tr = np.concatenate([feat(ftr), np.ones((len(ftr), 1))], axis=1)
         a_ho = np.concatenate([feat(fho), np.ones((len(fho), 1))], axis=1)
         coef, *_ = np.linalg.lstsq(a_tr, train["goal"], rcond=None)
         out[name] = {"train": errors(a_tr @ coef, train["goal"]), "held_out": errors(a_ho @ coef, held["goal"]),
-                     "goal_visible": ftr[:, 2::3].mean(0).tolist()}
+                     "goal_found_per_view": ftr[:, 2:3 * views:3].mean(0).tolist()}
     return out
 
 

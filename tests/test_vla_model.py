@@ -365,8 +365,10 @@ def test_keypoint_path_shapes_and_checks() -> None:
     enc = model.encode(images, ids, mask, torch.zeros(2, 4))
     assert enc.query is not None and enc.query.shape == (2, 32)
     assert model.aux(enc).shape == (2, 5)
-    terms = model.loss_terms(images, ids, mask, torch.zeros(2, 4, 7), torch.zeros(2, 4), aux_target=torch.zeros(2, 5))
-    assert set(terms) == {"action", "aux"} and all(torch.isfinite(v) for v in terms.values())
+    terms = model.loss_terms(images, ids, mask, torch.zeros(2, 4, 7), torch.zeros(2, 4), aux_target=torch.ones(2, 5),
+                             aux_weight=0.5)
+    assert set(terms) == {"loss", "action", "aux"} and all(torch.isfinite(v) and v > 0 for v in terms.values())
+    assert torch.allclose(terms["loss"], terms["action"] + 0.5 * terms["aux"])
     with pytest.raises(ValueError, match=r"reads 2 view\(s\)"):
         model.encode(images[:, :1], ids, mask, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="aux_target"):

@@ -376,10 +376,11 @@ class AtlasVLA(nn.Module):
     def loss_terms(
         self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, actions: Tensor, state: Tensor | None = None,
         generator: torch.Generator | None = None, action_mask: Tensor | None = None, aux_target: Tensor | None = None,
+        aux_weight: float = 1.0,
     ) -> dict[str, Tensor]:
-        """``{"action": …}`` on a target chunk [B, chunk, action_dim], plus ``{"aux": …}`` (MSE) when
-        ``aux_target`` [B, aux_dim] is given. The action term is the head's: L1, MSE or Huber (δ = 1) of the
-        regression, or the flow-matching MSE on the velocity."""
+        """``{"loss", "action"}`` on a target chunk [B, chunk, action_dim], plus ``"aux"`` (MSE) when ``aux_target``
+        [B, aux_dim] is given; ``loss = action + aux_weight · aux``. The action term is the head's: L1, MSE or
+        Huber (δ = 1) of the regression, or the flow-matching MSE on the velocity."""
         g = self.geometry
         if actions.dim() != 3 or tuple(actions.shape[1:]) != (g.chunk, g.action_dim):
             raise ValueError(f"target actions must be [B, {g.chunk}, {g.action_dim}], got {tuple(actions.shape)}")
@@ -407,8 +408,10 @@ class AtlasVLA(nn.Module):
             else:
                 err = F.huber_loss(pred, actions, reduction="none", delta=1.0)
         terms = {"action": (err * weight).sum() / weight.sum().clamp_min(1.0)}
+        terms["loss"] = terms["action"]
         if aux_target is not None:
             terms["aux"] = F.mse_loss(self.aux(enc), aux_target.to(enc.context.dtype))
+            terms["loss"] = terms["action"] + aux_weight * terms["aux"]
         return terms
 
     def loss(
@@ -416,9 +419,9 @@ class AtlasVLA(nn.Module):
         generator: torch.Generator | None = None, action_mask: Tensor | None = None, aux_target: Tensor | None = None,
         aux_weight: float = 1.0,
     ) -> Tensor:
-        """The training loss: the action term plus ``aux_weight`` × the auxiliary term (see :meth:`loss_terms`)."""
-        terms = self.loss_terms(images, input_ids, attention_mask, actions, state, generator, action_mask, aux_target)
-        return terms["action"] + aux_weight * terms["aux"] if "aux" in terms else terms["action"]
+        """The training loss (see :meth:`loss_terms`)."""
+        return self.loss_terms(images, input_ids, attention_mask, actions, state, generator, action_mask, aux_target,
+                               aux_weight)["loss"]
 
     # ------------------------------------------------------------------ checkpoints
     def load_tensors(self, tensors: dict[str, Any], geometry: dict[str, Any] | None = None) -> None:

@@ -320,6 +320,10 @@ def train(cfg: VLAConfig) -> Path:
     images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
         cfg.collect.dataset, keys, ACTION_KEY, STATE_KEY if geometry.state_dim else None
     )
+    missing = [t for t in cfg.sim.tasks if instruction_of(cfg, t) not in tasks]
+    if missing:  # e.g. sim.tasks overridden but collect.dataset still names another task set's demos
+        raise ValueError(f"{cfg.collect.dataset} holds no demos for {missing} (its instructions: {tasks}); "
+                         f"collect them into another collect.dataset")
     if images.shape[-3:-1] != (geometry.image_size, geometry.image_size):
         raise ValueError(f"dataset frames are {images.shape[-3:-1]}, model.image_size is {geometry.image_size}")
     if actions.shape[1] != geometry.action_dim:
@@ -399,10 +403,9 @@ def train(cfg: VLAConfig) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         terms = model.loss_terms(x, ids, mask, torch.from_numpy(target), st, generator=gen,
-                                 action_mask=torch.from_numpy(valid), aux_target=aux)
-        loss = terms["action"] + cfg.train.aux_weight * terms["aux"] if aux is not None else terms["action"]
+                                 action_mask=torch.from_numpy(valid), aux_target=aux, aux_weight=cfg.train.aux_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         opt.step()
         losses.append({k: v.item() for k, v in terms.items()})
