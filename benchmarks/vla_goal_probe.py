@@ -23,6 +23,10 @@ evaluated every ``--eval-every`` steps. Writes JSON (and a PNG of the curves) ::
 
     .venv/bin/python benchmarks/vla_goal_probe.py --methods mean,oracle,keypoints --steps 2500
     .venv/bin/python benchmarks/vla_goal_probe.py --methods vla-patch-l1,vla-kp-mse --steps 2500 --out …json
+
+``--policy RUN_OR_CHECKPOINT`` instead asks a policy trained by ``atlasva vla train`` how well its action decoder
+knows the goal (``policy_goal_error``: a ridge read-out from the decoder's outputs, and its auxiliary head's
+own estimate when it has one).
 """
 
 from __future__ import annotations
@@ -268,7 +272,8 @@ def policy_goal_error(run: Path, train: dict[str, np.ndarray], held: dict[str, n
     from atlasva.runs import RunFolder
     from atlasva.vla.sim import ENV_STATE_KEY, STATE_KEY, VLAPolicy
 
-    loaded = RunFolder(run).load_checkpoint()
+    loaded = (RunFolder(run.parent.parent).load_checkpoint(run) if run.parent.name == "checkpoints"
+              else RunFolder(run).load_checkpoint())
     if loaded is None:
         raise SystemExit(f"no checkpoint in {run}")
     policy = VLAPolicy(*loaded)
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("runs/probe-frames"), help="folder caching the rendered frames")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vla_goal_probe.json"))
+    ap.add_argument("--policy", type=Path, help="a run folder (its latest checkpoint) or one checkpoint folder")
     args = ap.parse_args(argv)
 
     import torch
@@ -358,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     train, held = probe_frames(args.config, args.train_seeds, args.held_out_seeds, args.poses, args.cache)
+    if args.policy is not None:
+        print(json.dumps(policy_goal_error(args.policy, train, held), indent=1))
+        return 0
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.update({"config": args.config, "train_seeds": args.train_seeds, "held_out_seeds": args.held_out_seeds,
                     "poses": args.poses, "frames": {"train": len(train["goal"]), "held_out": len(held["goal"])},
