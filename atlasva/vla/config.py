@@ -84,6 +84,9 @@ class SimSection:
     flip_vertical: bool = True  # Meta-World's corner cameras are mounted upside down
     image_size: int = 128
     max_steps: int = 150
+    #: share of the level-hash space held out for evaluation (``envs.registry.level_split``): collect records
+    #: only train-split levels, eval plays only validation-split ones
+    validation_share: float = 0.25
 
 
 @dataclass
@@ -145,7 +148,7 @@ class TrainSection:
 class EvalSection:
     stage: str = "sft"
     episodes_per_task: int = 50
-    seed_start: int = 100000  # disjoint from the demo seeds
+    seed_start: int = 100000  # validation-split levels from here upwards (see sim.validation_share)
     execute_steps: int = 4  # receding horizon: actions of each chunk executed before re-querying
     max_steps: int = 0  # episode horizon; 0 = sim.max_steps
     expert_baseline: bool = True

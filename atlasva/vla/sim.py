@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from atlasva.envs.base import level_hash
+from atlasva.envs.registry import scan_levels
 from atlasva.sim.render import OffscreenRenderer, configure_headless
 from atlasva.vla.config import VLAConfig
 from atlasva.vla.data import (
@@ -46,6 +48,8 @@ STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"
 ENV_STATE_NAMES = ["object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z"]
 ACTION_KEY = "action"
+#: one JSON line per recorded episode: {"task", "seed", "level_hash"} (the levels a dataset trains on)
+LEVELS_FILE = "meta/atlasva_levels.jsonl"
 
 
 def image_keys(cameras: Sequence[str]) -> list[str]:
@@ -66,40 +70,21 @@ class MetaWorldTask:
 
     def __init__(self, task: str, image_size: int = 128, cameras: Sequence[str] | str = ("corner2",),
                  flip_vertical: bool = True, max_steps: int = 150) -> None:
-        configure_headless()
-        try:
-            from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
-            from metaworld.policies import ENV_POLICY_MAP
-        except ImportError as exc:
-            raise ImportError("Meta-World is not installed: pip install 'atlasva[sim]' (mujoco==3.3.0, metaworld)") from exc
-        key = f"{task}-goal-observable"
-        if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
-            names = sorted(k.removesuffix("-goal-observable") for k in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
-            raise ValueError(f"unknown Meta-World task {task!r}; e.g. {names[:6]} …")
         self.task = task
-        self.env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key](seed=0)
-        self.env._freeze_rand_vec = False
-        self.env.seeded_rand_vec = True
-        self.env.max_path_length = max(self.env.max_path_length, max_steps + 1)
+        self.env = _metaworld_env(task, max_steps)
+        from metaworld.policies import ENV_POLICY_MAP
+
         self.expert = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
         self.cameras = [cameras] if isinstance(cameras, str) else list(cameras)
         image_keys(self.cameras)  # validates the list
         self.renderers = [OffscreenRenderer(self.env.model, image_size, image_size, c, flip_vertical) for c in self.cameras]
         self.obs: np.ndarray | None = None
+        self.level_hash = ""
 
     def reset(self, seed: int) -> np.ndarray:
-        import mujoco
-
-        self.env.seed(int(seed))
-        self.obs, _ = self.env.reset()
-        # Meta-World's reset writes the new goal site and object bodies into the *model*
-        # (site_pos / body_pos) after its last forward pass, so the world poses the renderer draws from
-        # still show the previous episode until the first step. Recompute them: the first frame must
-        # show this episode's goal and drawer, and the first observation must agree with it.
-        mujoco.mj_forward(self.env.model, self.env.data)
-        self.env._prev_obs = self.env._get_curr_obs_combined_no_goal()
-        self.obs = self.env._get_obs()
+        self.obs = _reset_metaworld(self.env, seed)
+        self.level_hash = metaworld_level_hash(self.task, self.obs)
         return self.obs
 
     def state(self) -> np.ndarray:
@@ -142,6 +127,66 @@ class MetaWorldTask:
         self.env.close()
 
 
+def _metaworld_env(task: str, max_steps: int) -> Any:
+    """A goal-observable Meta-World v3 env whose resets draw the goal / object placement from the seed."""
+    configure_headless()
+    try:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+    except ImportError as exc:
+        raise ImportError("Meta-World is not installed: pip install 'atlasva[sim]' (mujoco==3.3.0, metaworld)") from exc
+    key = f"{task}-goal-observable"
+    if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
+        names = sorted(k.removesuffix("-goal-observable") for k in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
+        raise ValueError(f"unknown Meta-World task {task!r}; e.g. {names[:6]} …")
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key](seed=0)
+    env._freeze_rand_vec = False
+    env.seeded_rand_vec = True
+    env.max_path_length = max(env.max_path_length, max_steps + 1)
+    return env
+
+
+def _reset_metaworld(env: Any, seed: int) -> np.ndarray:
+    import mujoco
+
+    env.seed(int(seed))
+    env.reset()
+    # Meta-World's reset writes the new goal site and object bodies into the *model*
+    # (site_pos / body_pos) after its last forward pass, so the world poses the renderer draws from
+    # still show the previous episode until the first step. Recompute them: the first frame must
+    # show this episode's goal and drawer, and the first observation must agree with it.
+    mujoco.mj_forward(env.model, env.data)
+    env._prev_obs = env._get_curr_obs_combined_no_goal()
+    return env._get_obs()
+
+
+def metaworld_level_hash(task: str, obs: np.ndarray) -> str:
+    """A Meta-World episode's level is its initial state: the task with the hand, first object and goal
+    positions to the millimetre (what the seed's ``rand_vec`` places)."""
+    pos = np.round(np.concatenate([obs[:3], obs[4:7], obs[-3:]]).astype(np.float64), 3) + 0.0  # no -0.000
+    return level_hash(f"{task} " + " ".join(f"{v:.3f}" for v in pos))
+
+
+def metaworld_levels(task: str, split: str, n: int, seed_start: int, validation_share: float) -> list[tuple[int, str]]:
+    """The first ``n`` distinct levels of ``split`` (``train`` | ``validation``) among seeds ``seed_start``,
+    ``seed_start + 1``, …: collect records the train split, eval plays the validation split."""
+    if not 0.0 < validation_share < 1.0:
+        raise ValueError(f"sim.validation_share must be in (0, 1), got {validation_share}")
+    env = _metaworld_env(task, 1)
+    try:
+        return scan_levels(lambda seed: metaworld_level_hash(task, _reset_metaworld(env, seed)),
+                           range(seed_start, seed_start + 10**7), split, n, validation_share, name=task)
+    finally:
+        env.close()
+
+
+def read_dataset_levels(root: str | Path) -> list[dict[str, Any]] | None:
+    """The levels a dataset recorded by :func:`collect` trains on, or None for a dataset without the record."""
+    path = Path(root) / LEVELS_FILE
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -177,7 +222,7 @@ def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]
         executed = label + noise * rng.standard_normal(4).astype(np.float32)
         if sim.step(executed):
             return {"images": np.stack(images), "state": np.stack(states), "env_state": np.stack(env_states),
-                    "action": np.stack(actions)}
+                    "action": np.stack(actions), "level_hash": sim.level_hash}
     return None
 
 
@@ -187,7 +232,7 @@ def _close_worker_sims() -> None:
 
 
 def demo_counts(cfg: VLAConfig) -> dict[str, int]:
-    """How many demos ``collect`` records per task (seeds seed_start, seed_start + 1, …)."""
+    """How many demos ``collect`` records per task (train-split levels from seed_start upwards)."""
     unknown = sorted(set(cfg.collect.episodes_by_task) - set(cfg.sim.tasks))
     if unknown:
         raise ValueError(f"collect.episodes_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
@@ -230,26 +275,39 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     }
     writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer", version=cfg.collect.lerobot_version)
     t0 = time.time()
-    jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
-             cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(counts[task])]
+    # demos only on train-split levels, so that eval's validation-split levels are never trained on
+    levels = {task: metaworld_levels(task, "train", counts[task], cfg.collect.seed_start, cfg.sim.validation_share)
+              for task in cfg.sim.tasks}
+    jobs = [(task, seed, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
+             cfg.collect.action_noise) for task in cfg.sim.tasks for seed, _ in levels[task]]
+    planned = {(task, seed): h for task in cfg.sim.tasks for seed, h in levels[task]}
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
+    recorded: list[dict[str, Any]] = []
+    done = dict.fromkeys(cfg.sim.tasks, 0)
     results = ordered_map(_record_episode, jobs, cfg.collect.workers)
     try:
         for job, episode in zip(jobs, results):
-            task = job[0]
+            task, seed = job[0], job[1]
             if episode is None:
                 stats[task]["expert_failed"] += 1
             else:
+                if episode["level_hash"] != planned[task, seed]:  # the recorded episode is not the level planned
+                    raise RuntimeError(f"{task} seed {seed} played level {episode['level_hash']}, "
+                                       f"planned {planned[task, seed]}: resets are not deterministic")
                 frames = {k: episode["images"][:, v] for v, k in enumerate(keys)}
                 writer.add_episode({**frames, STATE_KEY: episode["state"], ENV_STATE_KEY: episode["env_state"],
                                     ACTION_KEY: episode["action"]}, instructions[task])
+                recorded.append({"task": task, "seed": seed, "level_hash": episode["level_hash"]})
                 stats[task]["kept"] += 1
-            k = job[1] - cfg.collect.seed_start + 1
+            done[task] += 1
+            k = done[task]
             if k % 10 == 0 or k == counts[task]:
                 _progress(f"collect {task}: {k}/{counts[task]} episodes ({time.time() - t0:.0f}s)")
     finally:
         results.close()  # stops the worker processes, if any
         _close_worker_sims()
+    (root / LEVELS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / LEVELS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recorded))  # before info.json marks it done
     writer.finalize()
     info = json.loads((root / "meta" / "info.json").read_text())
     _progress(f"collected {info['total_episodes']} episodes, {info['total_frames']} frames into {root} "
@@ -373,6 +431,7 @@ def train(cfg: VLAConfig) -> Path:
         raise ValueError(f"model.views is {geometry.views} but sim.cameras gives {len(keys)} view(s) per frame; "
                          f"set model.views={len(keys)}")
     env_states = _aux_targets(cfg, geometry.aux_dim)
+    train_levels = _training_levels(cfg, len(np.unique(episodes)))
     stats = {ACTION_KEY: compute_stats(actions)}
     if states is not None:
         stats[STATE_KEY] = compute_stats(states)
@@ -401,6 +460,8 @@ def train(cfg: VLAConfig) -> Path:
         return cfg.train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
     run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=cfg.run.resume)
+    if train_levels is not None:
+        run.record_levels("sft", [(r["seed"], r["level_hash"]) for r in train_levels])
     start = 0
     ckpt = run.load_checkpoint()
     if ckpt is not None:
@@ -425,6 +486,7 @@ def train(cfg: VLAConfig) -> Path:
             "state_key": STATE_KEY, "action_key": ACTION_KEY,
             # how eval must render to see what training saw: render size (resized to the model's) and turn
             "data_image_size": data_image_size, "image_transform": cfg.libero.image_transform,
+            "train_levels": train_levels,  # eval refuses to play any of them
         })
 
     for step in range(start, cfg.train.steps):
@@ -467,6 +529,21 @@ def train(cfg: VLAConfig) -> Path:
     run.close()
     _progress(f"training done: {run.path} ({time.time() - t0:.0f}s)")
     return run.path
+
+
+def _training_levels(cfg: VLAConfig, episodes: int) -> list[dict[str, Any]] | None:
+    """The levels the training demos were recorded on ({"task", "seed", "level_hash"} per episode), or None
+    for data that carries no record (LIBERO, a dataset given by data.path)."""
+    root = cfg.data.path or cfg.collect.dataset
+    levels = read_dataset_levels(root)
+    if levels is None:
+        if cfg.sim.suite == "metaworld" and not cfg.data.path:
+            raise ValueError(f"{root} has no {LEVELS_FILE} (the levels its demos play, recorded by `atlasva vla collect` "
+                             f"since evaluation is held out by level): re-collect with collect.overwrite=true")
+        return None
+    if len(levels) != episodes:
+        raise ValueError(f"{root}/{LEVELS_FILE} lists {len(levels)} levels for {episodes} episodes")
+    return levels
 
 
 def _aux_targets(cfg: VLAConfig, aux_dim: int) -> np.ndarray | None:
@@ -604,6 +681,8 @@ def run_episode(sim: Any, policy: VLAPolicy | None, instruction: str, seed: int,
         "turns": steps if policy is None else policy.queries,
         "format_valid_rate": 1.0, "finish_reason": "success" if success else "max_steps",
     }
+    if getattr(sim, "level_hash", ""):  # Meta-World: the level this episode played
+        out["level_hash"] = sim.level_hash
     if latencies:
         out["chunk_latency_ms"] = 1000 * float(np.mean(latencies))
     if keep_frames:
@@ -628,10 +707,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     policy = VLAPolicy(*loaded, execute_steps=cfg.eval.execute_steps)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
-    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(demo_counts(cfg).values())))
-    eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
-    if demo_seeds & set(eval_seeds):
-        raise ValueError("eval.seed_start overlaps the demo seeds; evaluation seeds must be disjoint from collect's")
+    eval_levels = held_out_levels(cfg, loaded[1].get("train_levels"), run)
     t0 = time.time()
     records: list[dict[str, Any]] = []
     expert_records: list[dict[str, Any]] = []
@@ -640,6 +716,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     for task in cfg.sim.tasks:
         sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.cameras, cfg.sim.flip_vertical, max_steps)
         instruction = instruction_of(cfg, task)
+        eval_seeds = [seed for seed, _ in eval_levels[task]]
         for i, seed in enumerate(eval_seeds):
             rec = run_episode(sim, policy, instruction, seed, max_steps, keep_frames=cfg.eval.save_media and i == 0)
             if "_frames" in rec:
@@ -669,9 +746,12 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     if expert_records:
         evals["expert"] = stage(expert_records)
         run.write_episodes("expert", expert_records)
+        run.record_levels("eval:expert", [pair for lv in eval_levels.values() for pair in lv])
     if media:
         save_media(run.path, cfg.eval.stage, media)
-    summary = run.write_summary(evals, wall_time_s=time.time() - t0, eval_seeds=[eval_seeds[0], eval_seeds[-1]],
+    summary = run.write_summary(evals, wall_time_s=time.time() - t0, splits=run.split_report(),
+                                eval_seeds={t: [seed for seed, _ in lv] for t, lv in eval_levels.items()},
+                                validation_share=cfg.sim.validation_share,
                                 execute_steps=cfg.eval.execute_steps, max_steps=max_steps)
     run.close()
     for name, st in evals.items():
@@ -679,6 +759,32 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
         _progress(f"{name}: success {st['success_rate']:.3f} CI95 {st['success_ci95']} ({per})")
     _progress(f"summary: {summary_path}")
     return summary
+
+
+def held_out_levels(cfg: VLAConfig, train_levels: list[dict[str, Any]] | None, run: Any) -> dict[str, list[tuple[int, str]]]:
+    """Each task's ``eval.episodes_per_task`` distinct validation-split levels from ``eval.seed_start`` upwards,
+    recorded with the checkpoint's training levels in the run's ``levels.jsonl``. Raises
+    ``SplitOverlapError`` when one of them was trained on, and when the checkpoint does not say what it
+    trained on (a held-out number needs both sides)."""
+    from atlasva.runs import split_report
+    from atlasva.train.trainer import SplitOverlapError
+
+    if train_levels is None:
+        raise SplitOverlapError("the checkpoint records no training levels (trained before held-out levels existed, or "
+                                "from data without a level record), so held-out levels cannot be proven held out: "
+                                "re-collect (collect.overwrite=true) and retrain")
+    levels = {task: metaworld_levels(task, "validation", cfg.eval.episodes_per_task, cfg.eval.seed_start,
+                                     cfg.sim.validation_share) for task in cfg.sim.tasks}
+    rows = [{"stage": "sft", "level_hash": r["level_hash"]} for r in train_levels]
+    rows += [{"stage": f"eval:{cfg.eval.stage}", "level_hash": h} for lv in levels.values() for _, h in lv]
+    overlap = split_report(rows)["overlap"]
+    if overlap:
+        raise SplitOverlapError(f"{overlap} of the evaluation levels were trained on (sim.validation_share="
+                                f"{cfg.sim.validation_share}; the demos were recorded with another one?): "
+                                "evaluate with the share the demos were collected with")
+    run.record_levels("sft", [(r["seed"], r["level_hash"]) for r in train_levels])
+    run.record_levels(f"eval:{cfg.eval.stage}", [pair for lv in levels.values() for pair in lv])
+    return levels
 
 
 def save_media(folder: Path, stage: str, media: dict[str, list[np.ndarray]], columns: int = 8) -> list[Path]:
