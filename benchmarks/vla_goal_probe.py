@@ -8,6 +8,8 @@ seeds), so no goal is shared. Every method reports **training and held-out** err
 and the share of held-out frames within 5 cm (reach-v3's success radius):
 
 * ``mean`` — predict the training goals' mean (the plateau every learner first sits on);
+* ``hand`` — a ridge read-out from the hand position alone: no vision, yet 0.056 m, because later frames have the
+  hand near the goal; ``start_error_m`` (each seed's first frame, the hand at its start) is where it is blind;
 * ``oracle-linear`` / ``oracle-quadratic`` — the reference line: a colour threshold (the goal is a bright red
   sphere: R > 200, G < 60, B < 60, minus the pixels that are red in most training frames, i.e. the arm's
   and fingers' fixed highlights), its centroid per view, least squares from the centroids, found flags and
@@ -24,9 +26,10 @@ evaluated every ``--eval-every`` steps. Writes JSON (and a PNG of the curves) ::
     .venv/bin/python benchmarks/vla_goal_probe.py --methods mean,oracle,keypoints --steps 2500
     .venv/bin/python benchmarks/vla_goal_probe.py --methods vla-patch-l1,vla-kp-mse --steps 2500 --out …json
 
-``--policy RUN_OR_CHECKPOINT`` instead asks a policy trained by ``atlasva vla train`` how well its action decoder
-knows the goal (``policy_goal_error``: a ridge read-out from the decoder's outputs, and its auxiliary head's
-own estimate when it has one).
+``--policy RUN_OR_CHECKPOINT …`` instead asks policies trained by ``atlasva vla train`` how well their action
+decoder knows the goal (``policy_goal_error``: a ridge read-out from the decoder's outputs and the hand position,
+one from the keypoint coordinates alone, and the auxiliary head's own estimate when there is one); compare with
+``hand`` and look at ``start_error_m``.
 """
 
 from __future__ import annotations
@@ -82,9 +85,16 @@ def render_frames(config: str, seeds: list[int], poses: int, cache: Path | None)
     return data
 
 
-def errors(pred: np.ndarray, goal: np.ndarray) -> dict[str, float]:
+def errors(pred: np.ndarray, goal: np.ndarray, seed: np.ndarray | None = None) -> dict[str, float]:
+    """Mean / median Euclidean error and share within 5 cm; with the frames' seeds also ``start_error_m``, the
+    error on each seed's first frame: the hand at its start pose says nothing about the goal there, so only a
+    model that finds the goal in the pixels gets it below the mean goal's error."""
     d = np.linalg.norm(pred - goal, axis=1)
-    return {"error_m": float(d.mean()), "median_m": float(np.median(d)), "within_5cm": float((d < 0.05).mean())}
+    out = {"error_m": float(d.mean()), "median_m": float(np.median(d)), "within_5cm": float((d < 0.05).mean())}
+    if seed is not None:
+        first = np.r_[True, seed[1:] != seed[:-1]]
+        out["start_error_m"] = float(d[first].mean())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- oracle
@@ -120,7 +130,8 @@ def oracle(train: dict[str, np.ndarray], held: dict[str, np.ndarray]) -> dict[st
         a_tr = np.concatenate([feat(ftr), np.ones((len(ftr), 1))], axis=1)
         a_ho = np.concatenate([feat(fho), np.ones((len(fho), 1))], axis=1)
         coef, *_ = np.linalg.lstsq(a_tr, train["goal"], rcond=None)
-        out[name] = {"train": errors(a_tr @ coef, train["goal"]), "held_out": errors(a_ho @ coef, held["goal"]),
+        out[name] = {"train": errors(a_tr @ coef, train["goal"], train["seed"]),
+                     "held_out": errors(a_ho @ coef, held["goal"], held["seed"]),
                      "goal_found_per_view": ftr[:, 2:3 * views:3].mean(0).tolist()}
     return out
 
@@ -210,7 +221,7 @@ def train_learner(method: str, train: dict[str, np.ndarray], held: dict[str, np.
         preds = [predict(frames(d["images"], idx[i:i + 64], None), states(d, idx[i:i + 64])).numpy()
                  for i in range(0, len(idx), 64)]
         model.train()
-        return errors(np.concatenate(preds) * std + mean, d["goal"][idx])
+        return errors(np.concatenate(preds) * std + mean, d["goal"][idx], d["seed"][idx])
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
@@ -281,8 +292,8 @@ def policy_goal_error(run: Path, train: dict[str, np.ndarray], held: dict[str, n
     ids, mask = model.text.tokenize([instruction])
 
     @torch.no_grad()
-    def features(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        feats, aux = [], []
+    def features(d: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        feats, aux, points = [], [], []
         for i in range(0, len(d["goal"]), 64):
             x = torch.from_numpy(d["images"][i:i + 64]).permute(0, 1, 4, 2, 3)
             b = len(x)
@@ -291,16 +302,24 @@ def policy_goal_error(run: Path, train: dict[str, np.ndarray], held: dict[str, n
             feats.append(model._decode(enc).reshape(b, -1).numpy())
             if policy.geometry.aux_dim:
                 aux.append(policy.norm.unnormalize(ENV_STATE_KEY, model.aux(enc).numpy())[:, 3:6])
+            if policy.geometry.keypoints:
+                points.append(model.keypoints(x).reshape(b, -1).numpy())
         f = np.concatenate([np.concatenate(feats), d["state"][:, :3]], axis=1)
-        return f, (np.concatenate(aux) if aux else None)
+        return f, (np.concatenate(aux) if aux else None), (np.concatenate(points) if points else None)
 
-    f_tr, aux_tr = features(train)
-    f_ho, aux_ho = features(held)
+    f_tr, aux_tr, kp_tr = features(train)
+    f_ho, aux_ho, kp_ho = features(held)
     p_tr, p_ho, alpha = ridge_fit_predict(f_tr, train["goal"], train["seed"], f_ho)
-    out: dict[str, Any] = {"ridge": {"train": errors(p_tr, train["goal"]), "held_out": errors(p_ho, held["goal"]),
+    out: dict[str, Any] = {"ridge": {"train": errors(p_tr, train["goal"], train["seed"]),
+                                     "held_out": errors(p_ho, held["goal"], held["seed"]),
                                      "alpha": alpha}}
+    if kp_tr is not None and kp_ho is not None:  # do the keypoints alone (no hand position) hold the goal?
+        k_tr, k_ho, k_alpha = ridge_fit_predict(kp_tr, train["goal"], train["seed"], kp_ho)
+        out["keypoints_ridge"] = {"train": errors(k_tr, train["goal"], train["seed"]),
+                                  "held_out": errors(k_ho, held["goal"], held["seed"]), "alpha": k_alpha}
     if aux_tr is not None and aux_ho is not None:
-        out["aux_head"] = {"train": errors(aux_tr, train["goal"]), "held_out": errors(aux_ho, held["goal"])}
+        out["aux_head"] = {"train": errors(aux_tr, train["goal"], train["seed"]),
+                           "held_out": errors(aux_ho, held["goal"], held["seed"])}
     return out
 
 
@@ -345,7 +364,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="metaworld-tiny", help="VLA config whose cameras and image size are probed")
-    ap.add_argument("--methods", default="mean,oracle,keypoints,vla-patch-l1,vla-patch-mse,vla-kp-l1,vla-kp-mse")
+    ap.add_argument("--methods", default="mean,hand,oracle,keypoints,vla-patch-l1,vla-patch-mse,vla-kp-l1,vla-kp-mse")
     ap.add_argument("--train-seeds", type=int, default=200)
     ap.add_argument("--held-out-seeds", type=int, default=100)
     ap.add_argument("--poses", type=int, default=4, help="frames per seed along a noisy expert episode")
@@ -356,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("runs/probe-frames"), help="folder caching the rendered frames")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vla_goal_probe.json"))
-    ap.add_argument("--policy", type=Path, help="a run folder (its latest checkpoint) or one checkpoint folder")
+    ap.add_argument("--policy", type=Path, nargs="*", help="run folders (their latest checkpoint) or checkpoint folders; "
+                    "their goal errors go into --out under 'policies'")
     args = ap.parse_args(argv)
 
     import torch
@@ -364,10 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     train, held = probe_frames(args.config, args.train_seeds, args.held_out_seeds, args.poses, args.cache)
-    if args.policy is not None:
-        print(json.dumps(policy_goal_error(args.policy, train, held), indent=1))
-        return 0
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.policy:
+        for path in args.policy:
+            res = results.setdefault("policies", {})[str(path)] = policy_goal_error(path, train, held)
+            print(path, json.dumps(res, indent=1), flush=True)
+            args.out.write_text(json.dumps(results, indent=1))
+        return 0
     results.update({"config": args.config, "train_seeds": args.train_seeds, "held_out_seeds": args.held_out_seeds,
                     "poses": args.poses, "frames": {"train": len(train["goal"]), "held_out": len(held["goal"])},
                     "cameras_size": list(train["images"].shape[1:4])})
@@ -375,8 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         if method == "mean":
             m = train["goal"].mean(0)
-            results["methods"]["mean"] = {"train": errors(np.broadcast_to(m, train["goal"].shape), train["goal"]),
-                                          "held_out": errors(np.broadcast_to(m, held["goal"].shape), held["goal"])}
+            results["methods"]["mean"] = {"train": errors(np.broadcast_to(m, train["goal"].shape), train["goal"], train["seed"]),
+                                          "held_out": errors(np.broadcast_to(m, held["goal"].shape), held["goal"], held["seed"])}
+        elif method == "hand":  # no vision at all: where the hand is says where the goal is, late in an episode
+            p_tr, p_ho, alpha = ridge_fit_predict(train["state"][:, :3], train["goal"], train["seed"], held["state"][:, :3])
+            results["methods"]["hand"] = {"train": errors(p_tr, train["goal"], train["seed"]),
+                                          "held_out": errors(p_ho, held["goal"], held["seed"]), "alpha": alpha}
         elif method == "oracle":
             results["methods"].update(oracle(train, held))
         else:
@@ -386,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(results, indent=1))  # after each method: a long run loses nothing
     for name, r in results["methods"].items():
         print(f"{name:18s} train {r['train']['error_m']:.4f} m   held-out {r['held_out']['error_m']:.4f} m "
-              f"({r['held_out']['within_5cm']:.2f} within 5 cm)")
+              f"({r['held_out']['within_5cm']:.2f} within 5 cm; first frames {r['held_out'].get('start_error_m', float('nan')):.4f} m)")
     plot(results, args.out.with_suffix(".png"))
     return 0
 
