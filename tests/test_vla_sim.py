@@ -116,6 +116,22 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         MetaWorldTask("reach-v9")
 
 
+def test_metaworld_level_hash_is_the_initial_state_to_the_millimetre() -> None:
+    from atlasva.vla.sim import metaworld_level_hash
+
+    obs = np.zeros(39)
+    obs[:3], obs[4:7], obs[-3:] = [0.0, 0.6, 0.2], [0.1, 0.7, 0.02], [-0.05, 0.8, 0.25]
+    base = metaworld_level_hash("reach-v3", obs)
+    moved, jitter, negzero, other = obs.copy(), obs.copy(), obs.copy(), obs.copy()
+    moved[-3] += 0.002  # the goal 2 mm away: another level
+    jitter[-3] += 0.0001  # below the rounding: the same level
+    negzero[0] = -0.0001  # rounds to -0.0, hashed as 0.000
+    other[10] = 5.0  # not part of the initial placement (e.g. a second object's quaternion)
+    assert metaworld_level_hash("reach-v3", moved) != base != metaworld_level_hash("push-v3", obs)
+    assert metaworld_level_hash("reach-v3", jitter) == metaworld_level_hash("reach-v3", negzero) == base
+    assert metaworld_level_hash("reach-v3", other) == base and len(base) == 16
+
+
 @pytest.mark.parametrize("task", ["reach-v3", "drawer-open-v3"])
 def test_first_frame_after_reset_shows_this_episode(task: str) -> None:
     # Meta-World moves the goal site / drawer in the model after its last forward pass; without a
@@ -136,9 +152,10 @@ def test_first_frame_after_reset_shows_this_episode(task: str) -> None:
 
 def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
     from atlasva.config import load_config
+    from atlasva.envs.registry import level_split
     from atlasva.vla.config import VLAConfig
     from atlasva.vla.data import load_lerobot_for_training
-    from atlasva.vla.sim import collect
+    from atlasva.vla.sim import collect, metaworld_levels, read_dataset_levels
 
     loaded = {}
     for workers in (1, 2):
@@ -153,6 +170,12 @@ def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
     episodes, tasks, task_ids = loaded[1][3], loaded[1][4], loaded[1][5]
     per_task = {tasks[t]: len(set(episodes[task_ids == t].tolist())) for t in set(task_ids.tolist())}
     assert per_task == {"reach the red goal": 3, "open the drawer": 1}
+    # demos only on train-split levels: reach-v3's seed 2 is a validation level (level_split of its hash), so skipped
+    levels = read_dataset_levels(tmp_path / "1")
+    assert [(r["task"], r["seed"]) for r in levels] == [("reach-v3", 0), ("reach-v3", 1), ("reach-v3", 3), ("drawer-open-v3", 0)]
+    assert all(level_split(r["level_hash"], 0.25) == "train" for r in levels)
+    assert level_split(metaworld_levels("reach-v3", "validation", 1, 2, 0.25)[0][1], 0.25) == "validation"
+    assert read_dataset_levels(tmp_path / "2") == levels
     with pytest.raises(ValueError, match="not in sim.tasks"):
         collect(load_config(VLAConfig, "metaworld-tiny", ["collect.episodes_by_task={push-v3: 3}",
                                                           f"collect.dataset={tmp_path / 'x'}"], subdir="vla")[0])
@@ -174,7 +197,7 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     small = ["model.image_size=32", "model.patch_size=8", "model.dim=32", "model.heads=2", "model.vision_dim=32",
              "model.text_hidden=32", "model.text_heads=2", "model.text_kv_heads=1", "model.text_intermediate=64",
              "model.decoder_dim=32", "model.decoder_heads=2", "model.decoder_layers=1", "model.depth=1",
-             "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
+             "model.keypoint_map=16", "model.keypoints=2", "model.keypoint_channels=4", "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
              f"collect.dataset={tmp_path / 'ds'}", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "train.checkpoint_every=2", "train.num_threads=1", "eval.episodes_per_task=1", "eval.num_threads=1",
              "eval.expert_baseline=false", "run.root=runs", f"sim.cameras=[{','.join(cameras)}]"]
@@ -192,6 +215,14 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     assert stage["per_task"]["reach-v3"]["episodes"] == 1
     assert (run / "episodes-sft.jsonl").exists() and (run / "contact-sft-reach-v3.png").exists()
     assert (run / "metrics.jsonl").read_text().count("train/loss") == 2
+    # held out by level: the demo (seed 0, a train level) and the episode (the first validation level from
+    # eval.seed_start: 100003) are recorded in levels.jsonl; the summary counts them
+    assert summary["splits"] == {"train_levels": 1, "eval_levels": 1, "overlap": 0}
+    assert summary["eval_seeds"] == {"reach-v3": [100003]} and stage["distinct_levels"] == 1
+    played = json.loads((run / "episodes-sft.jsonl").read_text().splitlines()[0])
+    lines = [json.loads(line) for line in (run / "levels.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["seed"]) for r in lines] == [("sft", 0), ("eval:sft", 100003)]
+    assert lines[1]["level_hash"] == played["level_hash"] != lines[0]["level_hash"]
     sheet = Image.open(run / "contact-sft-reach-v3.png")
     assert sheet.size[0] == 8 * 32 * len(cameras)  # the views side by side, 8 columns
     # a checkpoint evaluated with other cameras than it was trained on: a clear error
@@ -200,6 +231,18 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     capsys.readouterr()
     assert vla_main(["eval", str(cfg), *other, "eval.max_steps=8", f"eval.checkpoint={ckpt}"]) == 1
     assert "trained on" in capsys.readouterr().err
+    # validation levels that were trained on (a share the demos were not split by): refused before playing
+    assert vla_main(["eval", str(cfg), *small, "sim.validation_share=0.9", "eval.seed_start=0", f"eval.checkpoint={ckpt}"]) == 1
+    assert "1 of the evaluation levels were trained on" in capsys.readouterr().err
+    # a checkpoint that does not say what it trained on cannot be evaluated as held out
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "train_levels"}))
+    assert vla_main(["eval", str(cfg), *small, "eval.max_steps=8"]) == 1
+    assert "records no training levels" in capsys.readouterr().err
+    # demos without a level record (recorded before splits existed): re-collect
+    (tmp_path / "ds" / "meta" / "atlasva_levels.jsonl").unlink()
+    assert vla_main(["train", str(cfg), *small, "train.steps=4"]) == 1
+    assert "re-collect with collect.overwrite=true" in capsys.readouterr().err
     # bad input: an unknown key names the nearest valid one
     assert vla_main(["train", str(cfg), "train.stepz=3"]) == 2
 

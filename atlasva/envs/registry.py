@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,36 +135,44 @@ class EnvSpec:
         lo, hi = self.splits[split]
         config = {k: v for k, v in self.final_config(overrides).items() if k != "obs_mode"}
         env = make(self.env, **config, obs_mode="text")  # the level does not depend on how it is shown
-        out: list[tuple[int, str]] = []
-        seen: set[str] = set()
-        budget = max_tries if max_tries is not None else 200 * n + 1000
         try:
-            for tries, seed in enumerate(range(lo, hi)):
-                if len(out) >= n:
-                    break
-                if tries >= budget:
-                    break
-                _, info = env.reset(seed=seed)
-                h = info["level_hash"]
-                if not self.in_split(h, split) or (distinct and h in seen):
-                    continue
-                seen.add(h)
-                out.append((seed, h))
+            return scan_levels(lambda seed: env.reset(seed=seed)[1]["level_hash"], range(lo, hi), split, n,
+                               self.validation_share, distinct=distinct, max_tries=max_tries, name=repr(self.env))
         finally:
             env.close()
-        if len(out) < n:
-            what = "distinct levels" if distinct else "levels"
-            raise RuntimeError(
-                f"only {len(out)}/{n} {split} {what} of {self.env!r} found in seeds {lo}.. (tried {min(budget, hi - lo)}); "
-                "the env has too few distinct levels for this many episodes — ask for fewer, widen the split's "
-                "seed range, or allow repeats"
-            )
-        return out
 
     def seeds(self, split: str, n: int, *, overrides: dict[str, Any] | None = None, distinct: bool = True,
               max_tries: int | None = None) -> list[int]:
         """The seeds of :meth:`levels`."""
         return [s for s, _ in self.levels(split, n, overrides=overrides, distinct=distinct, max_tries=max_tries)]
+
+
+def scan_levels(level_of: Callable[[int], str], seeds: Iterable[int], split: str, n: int, validation_share: float, *,
+                distinct: bool = True, max_tries: int | None = None, name: str = "the env") -> list[tuple[int, str]]:
+    """The first ``n`` (seed, level hash) pairs of ``split`` among ``seeds``, in order, where ``level_of(seed)``
+    is the hash of the level a seed plays (the split is :func:`level_split`'s). ``distinct``: each level once."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; accepted: {SPLITS}")
+    out: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    budget = max_tries if max_tries is not None else 200 * n + 1000
+    tried = 0
+    for seed in seeds:
+        if len(out) >= n or tried >= budget:
+            break
+        tried += 1
+        h = level_of(seed)
+        if level_split(h, validation_share) != split or (distinct and h in seen):
+            continue
+        seen.add(h)
+        out.append((seed, h))
+    if len(out) < n:
+        what = "distinct levels" if distinct else "levels"
+        raise RuntimeError(
+            f"only {len(out)}/{n} {split} {what} of {name} found (tried {tried} seeds); the env has too few "
+            "distinct levels for this many episodes — ask for fewer, widen the split's seed range, or allow repeats"
+        )
+    return out
 
 
 def level_split(level_hash: str, validation_share: float) -> str:

@@ -47,8 +47,13 @@ class ModelSection:
     chunk: int | None = None
     action_dim: int | None = None
     state_dim: int | None = None
-    head: str | None = None
+    head: str | None = None  # l1 | mse | huber (one regression head, three losses) | flow
     flow_steps: int | None = None
+    keypoints: int | None = None  # soft-argmax keypoints per view; 0 = none
+    keypoint_map: int | None = None
+    keypoint_channels: int | None = None
+    views: int | None = None  # unset: len(sim.cameras)
+    aux_dim: int | None = None  # auxiliary object/goal-position head; 0 = none
     vggt_path: str = ""  # VGGT model.safetensors / model.pt to initialise the aggregator from
     vision_path: str = ""  # a DINOv2-style ViT (safetensors / .pt) for vision='vit'
     freeze_vision: bool = False
@@ -79,6 +84,9 @@ class SimSection:
     flip_vertical: bool = True  # Meta-World's corner cameras are mounted upside down
     image_size: int = 128
     max_steps: int = 150
+    #: share of the level-hash space held out for evaluation (``envs.registry.level_split``): collect records
+    #: only train-split levels, eval plays only validation-split ones
+    validation_share: float = 0.25
 
 
 @dataclass
@@ -127,6 +135,9 @@ class TrainSection:
     grad_clip: float = 1.0
     augment_shift: int = 4  # random-shift augmentation (pixels), 0 = off
     normalization: str = "mean_std"  # mean_std | bounds | none
+    #: weight of the auxiliary object/goal-position MSE (needs model.aux_dim and a dataset recorded with
+    #: observation.environment_state); 0 = off
+    aux_weight: float = 0.0
     log_every: int = 50
     checkpoint_every: int = 500
     seed: int = 0
@@ -137,7 +148,7 @@ class TrainSection:
 class EvalSection:
     stage: str = "sft"
     episodes_per_task: int = 50
-    seed_start: int = 100000  # disjoint from the demo seeds
+    seed_start: int = 100000  # validation-split levels from here upwards (see sim.validation_share)
     execute_steps: int = 4  # receding horizon: actions of each chunk executed before re-querying
     max_steps: int = 0  # episode horizon; 0 = sim.max_steps
     expert_baseline: bool = True

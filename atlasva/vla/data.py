@@ -690,14 +690,17 @@ class ChunkData:
     task_id: np.ndarray  # int64 [N]
     tasks: list[str]
     states: np.ndarray | None = None  # float32 [N, S] (normalised)
+    aux: np.ndarray | None = None  # float32 [N, A] auxiliary targets, e.g. object/goal positions (normalised)
 
     def __post_init__(self) -> None:
         n = len(self.images)
         for name in ("actions", "episode", "task_id"):
             if len(getattr(self, name)) != n:
                 raise DatasetError(f"ChunkData: {name} has {len(getattr(self, name))} rows, images has {n}")
-        if self.states is not None and len(self.states) != n:
-            raise DatasetError(f"ChunkData: states has {len(self.states)} rows, images has {n}")
+        for name in ("states", "aux"):
+            rows = getattr(self, name)
+            if rows is not None and len(rows) != n:
+                raise DatasetError(f"ChunkData: {name} has {len(rows)} rows, images has {n}")
         # index of the last frame of each frame's episode (frames of an episode are contiguous)
         last = np.zeros(n, dtype=np.int64)
         if n:
@@ -843,3 +846,17 @@ def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
     flat = frames.reshape(-1, *frames.shape[-3:])
     out = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in flat])
     return out.reshape(*frames.shape[:-3], size, size, 3)
+
+
+def load_lerobot_column(root: str | Path, key: str) -> np.ndarray:
+    """One numeric feature of every frame, episodes in order: float32 [N, D] (rows as in
+    :func:`load_lerobot_for_training`). A feature the dataset lacks is a ``KeyError`` naming the ones it has."""
+    ds = LeRobotDataset(root)
+    if key not in ds.features:
+        raise KeyError(f"{root}: feature {key!r} not found; the dataset has {sorted(ds.features)}")
+    if ds.features[key]["dtype"] in ("image", "video", "string"):
+        raise DatasetError(f"{root}: feature {key!r} is {ds.features[key]['dtype']}, not numeric")
+    rows = [np.asarray(ds.read_episode(ep.index, [key])[key], dtype=np.float32).reshape(ep.length, -1) for ep in ds.episodes]
+    if not rows:
+        raise DatasetError(f"{root} holds no episodes")
+    return np.concatenate(rows)

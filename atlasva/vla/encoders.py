@@ -68,6 +68,48 @@ class ConvStemVisionEncoder(nn.Module):
         return self.norm(self.stem(x).flatten(2).transpose(1, 2) + self.pos_embed)
 
 
+def spatial_soft_argmax(maps: Tensor, temperature: Tensor | float = 1.0) -> Tensor:
+    """Expected (x, y) of each map under its spatial softmax (Levine et al. 2016): [B, K, H, W] -> [B, K, 2].
+
+    Coordinates are in [-1, 1]: x = -1 is the centre of the left pixel column, +1 of the right one
+    (y likewise, top to bottom). A map with one dominant peak returns the peak's position."""
+    b, k, h, w = maps.shape
+    prob = torch.softmax(maps.flatten(2).float() / temperature, dim=-1).view(b, k, h, w)
+    xs = torch.linspace(-1.0, 1.0, w, device=maps.device)
+    ys = torch.linspace(-1.0, 1.0, h, device=maps.device)
+    x = (prob.sum(2) * xs).sum(-1)  # [B, K]: marginal over rows, expectation over columns
+    y = (prob.sum(3) * ys).sum(-1)
+    return torch.stack([x, y], dim=-1).to(maps.dtype)
+
+
+class KeypointEncoder(nn.Module):
+    """A small convolutional stem kept at ``map_size`` × ``map_size`` that ends in spatial soft-argmax
+    keypoints (Levine et al. 2016; robomimic's ``SpatialSoftmax``): [B, 3, H, W] -> [B, K, 2] in [-1, 1].
+
+    Why: a few-pixel object (reach-v3's goal is ≈ 9 px in the top view at 96 px) changes 2 of 36 patch
+    tokens, and the action decoder's nearly uniform cross-attention over ~100 context tokens averages it
+    away; a keypoint's coordinate is a single number that moves with the object.
+    One stride-``image_size // map_size`` convolution, then ``depth - 1`` 3×3 convolutions at the map's
+    resolution (ReLU between), a 1×1 projection to K maps and a learned softmax temperature."""
+
+    def __init__(self, image_size: int, map_size: int, channels: int, keypoints: int, depth: int = 3) -> None:
+        super().__init__()
+        if map_size < 1 or image_size % map_size:
+            raise ValueError(f"keypoint_map {map_size} must divide image_size {image_size}")
+        if depth < 1 or channels < 1 or keypoints < 1:
+            raise ValueError("the keypoint stem needs depth, channels and keypoints ≥ 1")
+        stride = image_size // map_size
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 2 * stride + 1, stride=stride, padding=stride), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(channels, keypoints, 1))
+        self.net = nn.Sequential(*layers)
+        self.log_temperature = nn.Parameter(torch.zeros(1))  # shape (1,): checkpoints store no 0-d tensors
+
+    def forward(self, x: Tensor) -> Tensor:
+        return spatial_soft_argmax(self.net(x), self.log_temperature.exp())
+
+
 class ViTVisionEncoder(nn.Module):
     """DINOv2-style ViT with registers; returns the normed patch tokens (``x_norm_patchtokens``)."""
 

@@ -3,22 +3,30 @@
 ::
 
     image [B,3,H,W] (or [B,S,3,H,W]) in [0,1] ─► ImageNet norm ─► vision encoder (patch | conv | ViT) ─► adapter ─┐
+                                                 └─► keypoint stem (optional): K soft-argmax (x, y) per view ──┐ │
     instruction ─► causal-LM text encoder (tiny Qwen3 | local checkpoint) ─► adapter ──────────────────────┤
                                   cross-attention fusion (vision attends to language) ◄──────────────────┘
                                   ─► VGGT aggregator (frame / global alternation, camera + registers)
                                   ─► projector (2C -> D)  ┐
     proprio state ─► linear ───────────────────────────────┤ context
     language tokens ─► linear ─────────────────────────────┘
+    keypoints ⊕ proprio state ─► MLP ─► query offset [D] ──────────────────────────────────────────┘ (added to every query)
     learnable action queries [chunk, D] ─► parallel decoder (bidirectional self-attn + cross-attn to context)
-      ─► head: L1 regression (OpenVLA-OFT style)  or  flow matching velocity (π0 style, Euler sampling)
+      ─► head: regression trained with L1 (OpenVLA-OFT style), MSE or Huber
+         or flow matching velocity (π0 style, Euler sampling)
     ─► actions [B, chunk, action_dim] (in the normalised action space; see ``atlasva.vla.data.Normalizer``)
+    optional auxiliary query through the same decoder ─► aux head ─► object / goal positions [B, aux_dim]
+
+The keypoint path exists because a few-pixel object barely moves a ~100-token context that the decoder's
+cross-attention averages nearly uniformly (benchmarks/README.md, VLA: the tiny model without it sat on the
+mean goal); a keypoint coordinate that reaches the queries directly is one number that moves with the object.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,7 @@ from torch import Tensor, nn
 from atlasva.vla.aggregator import Aggregator
 from atlasva.vla.encoders import (
     ConvStemVisionEncoder,
+    KeypointEncoder,
     PatchVisionEncoder,
     TextEncoder,
     ViTVisionEncoder,
@@ -74,8 +83,13 @@ class Geometry:
     chunk: int = 8
     action_dim: int = 7
     state_dim: int = 0  # 0 = no proprioception
-    head: str = "l1"  # l1 | flow
+    head: str = "l1"  # regression trained with l1 | mse | huber (same weights), or flow
     flow_steps: int = 10
+    keypoints: int = 0  # soft-argmax keypoints per view (0 = no keypoint path)
+    keypoint_map: int = 48  # the keypoint stem's feature-map side (divides image_size)
+    keypoint_channels: int = 16
+    views: int = 1  # camera views per query; the keypoint path reads exactly this many
+    aux_dim: int = 0  # auxiliary object/goal-position target (0 = no auxiliary head)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +113,27 @@ SIZES: dict[str, Geometry] = {
 }
 
 
+HEADS = ("l1", "mse", "huber", "flow")
+
+
+class Encoding(NamedTuple):
+    """What the action decoder reads: context tokens [B, N, D], their padding mask [B, N] (True = pad)
+    and the per-sample offset added to every query [B, D] (keypoints ⊕ state; None without keypoints)."""
+
+    context: Tensor
+    pad: Tensor
+    query: Tensor | None = None
+
+
+def flow_times(u: Tensor) -> Tensor:
+    """Flow-matching training times from uniform draws ``u``, weighted towards the noise end as π0 does.
+
+    Here t = 1 is pure noise (x_t = t·noise + (1 − t)·action). π0 draws its data-side time
+    τ = s·(1 − Beta(1.5, 1)) with s = 0.999 (τ = 0 noise); in our convention t = 1 − τ = 0.001 + 0.999·B with
+    B ~ Beta(1.5, 1) = u^(1/1.5) (inverse of its CDF b^1.5): density ∝ √t, mean 0.6, P(t > 0.5) = 1 − 0.5^1.5 ≈ 0.65."""
+    return 0.001 + 0.999 * u.pow(1.0 / 1.5)
+
+
 def make_geometry(size: str = "tiny", **overrides: Any) -> Geometry:
     """The preset ``size`` with the given fields replaced (``None`` values are ignored)."""
     if size not in SIZES:
@@ -119,8 +154,12 @@ def _validate(g: Geometry) -> None:
         raise ValueError(f"vision must be 'patch', 'conv' or 'vit', got {g.vision!r}")
     if g.vision == "conv":
         conv_stem_stages(g.patch_size)
-    if g.head not in ("l1", "flow"):
-        raise ValueError(f"head must be 'l1' or 'flow', got {g.head!r}")
+    if g.head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {g.head!r}")
+    if g.keypoints < 0 or g.aux_dim < 0 or g.views < 1:
+        raise ValueError(f"keypoints and aux_dim must be ≥ 0 and views ≥ 1, got {g.keypoints}, {g.aux_dim}, {g.views}")
+    if g.keypoints and (g.keypoint_map < 1 or g.image_size % g.keypoint_map):
+        raise ValueError(f"keypoint_map {g.keypoint_map} must divide image_size {g.image_size}")
     if (g.dim // g.heads) % 4:
         raise ValueError(f"dim/heads = {g.dim // g.heads} must be divisible by 4 for 2-D RoPE")
     if g.chunk < 1 or g.action_dim < 1:
@@ -164,12 +203,23 @@ class AtlasVLA(nn.Module):
             [CrossBlock(g.decoder_dim, g.decoder_heads, self_attn=True) for _ in range(g.decoder_layers)]
         )
         self.out_norm = nn.LayerNorm(g.decoder_dim)
-        if g.head == "l1":
+        if g.head != "flow":
             self.action_head: nn.Module = nn.Sequential(Mlp(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.action_dim))
         else:
             self.action_in = nn.Linear(g.action_dim, g.decoder_dim)
             self.time_mlp = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.SiLU(), nn.Linear(g.decoder_dim, g.decoder_dim))
             self.action_head = nn.Linear(g.decoder_dim, g.action_dim)
+        # created last, so a model without them initialises exactly as before they existed
+        self.keypoint_encoder: KeypointEncoder | None = None
+        if g.keypoints:
+            self.keypoint_encoder = KeypointEncoder(g.image_size, g.keypoint_map, g.keypoint_channels, g.keypoints)
+            self.keypoint_proj = nn.Sequential(
+                nn.Linear(g.views * g.keypoints * 2 + g.state_dim, g.decoder_dim), nn.GELU(),
+                nn.Linear(g.decoder_dim, g.decoder_dim),
+            )
+        if g.aux_dim:
+            self.aux_query = nn.Parameter(torch.randn(1, g.decoder_dim) * 0.02)
+            self.aux_head = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.aux_dim))
 
     # ------------------------------------------------------------------ freezing
     def set_frozen(self, vision: bool = False, text: bool = False, aggregator: bool = False) -> None:
@@ -205,15 +255,22 @@ class AtlasVLA(nn.Module):
         return images
 
     # ------------------------------------------------------------------ encoding
-    def encode(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Context tokens [B, N, D] for the action decoder and their key-padding mask [B, N] (True = pad)."""
+    def _pixels(self, images: Tensor) -> tuple[Tensor, int, int]:
+        """ImageNet-normalised views [B*S, 3, H, W], B and S."""
         g = self.geometry
         x = self.check_images(images)
         b, s = x.shape[:2]
+        if self.keypoint_encoder is not None and s != g.views:
+            raise ValueError(f"this model's keypoint path reads {g.views} view(s) per query (model.views), got {s}")
         x = x.reshape(b * s, 3, g.image_size, g.image_size)
-        x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype), b, s
+
+    def encode(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, state: Tensor | None = None
+    ) -> Encoding:
+        """Everything the action decoder reads (:class:`Encoding`)."""
+        g = self.geometry
+        x, b, s = self._pixels(images)
         vis = self.vision_adapter(self.vision(x))  # [B*S, P, C]
         # batches repeat few instructions: encode each distinct one once (exact; saves most text compute)
         key = torch.cat([input_ids, attention_mask], dim=1)
@@ -234,22 +291,45 @@ class AtlasVLA(nn.Module):
                 raise ValueError(f"this model takes proprioception: pass state [B, {g.state_dim}]")
             if state.dim() != 2 or state.shape != (b, g.state_dim):
                 raise ValueError(f"state must be [B, {g.state_dim}] = [{b}, {g.state_dim}], got {tuple(state.shape)}")
-            parts.append(self.state_proj(state.to(agg.dtype))[:, None])
+            state = state.to(agg.dtype)
+            parts.append(self.state_proj(state)[:, None])
             pads.append(torch.zeros(b, 1, dtype=torch.bool, device=agg.device))
-        return torch.cat(parts, dim=1), torch.cat(pads, dim=1)
+        query = None
+        if self.keypoint_encoder is not None:
+            points = self.keypoint_encoder(x).reshape(b, s * g.keypoints * 2)  # [B, S*K*2], (x, y) in [-1, 1]
+            query = self.keypoint_proj(torch.cat([points, state], dim=1) if g.state_dim else points)  # [B, D]
+        return Encoding(torch.cat(parts, dim=1), torch.cat(pads, dim=1), query)
 
-    def _decode(self, context: Tensor, pad: Tensor, extra: Tensor | None = None) -> Tensor:
-        q = self.action_queries[None].expand(context.shape[0], -1, -1)
+    def keypoints(self, images: Tensor) -> Tensor:
+        """Soft-argmax keypoints [B, S, K, 2] ((x, y) in [-1, 1]) of a model with a keypoint path."""
+        if self.keypoint_encoder is None:
+            raise ValueError("this model has no keypoint path (model.keypoints=0)")
+        x, b, s = self._pixels(images)
+        return self.keypoint_encoder(x).reshape(b, s, self.geometry.keypoints, 2)
+
+    def _decode(self, enc: Encoding, extra: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
+        """The decoder's outputs for ``queries`` [Q, D] (default: the action queries), each offset by
+        ``enc.query`` and ``extra`` ([B, Q, D])."""
+        q = (self.action_queries if queries is None else queries)[None].expand(enc.context.shape[0], -1, -1)
+        if enc.query is not None:
+            q = q + enc.query[:, None]
         if extra is not None:
             q = q + extra
         for blk in self.decoder:
-            q = blk(q, context, pad)
+            q = blk(q, enc.context, enc.pad)
         return self.out_norm(q)
 
-    def velocity(self, context: Tensor, pad: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """Flow-matching velocity field v(x_t, t | context); t in [0, 1] with t=1 pure noise."""
+    def velocity(self, enc: Encoding, x_t: Tensor, t: Tensor) -> Tensor:
+        """Flow-matching velocity field v(x_t, t | observation); t in [0, 1] with t=1 pure noise."""
         temb = self.time_mlp(timestep_embedding(t, self.geometry.decoder_dim))[:, None]
-        return self.action_head(self._decode(context, pad, self.action_in(x_t) + temb))
+        return self.action_head(self._decode(enc, self.action_in(x_t) + temb))
+
+    def aux(self, enc: Encoding) -> Tensor:
+        """The auxiliary head's object/goal positions [B, aux_dim]: one extra query through the action
+        decoder, so the position loss trains the same attention the actions read through."""
+        if not self.geometry.aux_dim:
+            raise ValueError("this model has no auxiliary head (model.aux_dim=0)")
+        return self.aux_head(self._decode(enc, queries=self.aux_query)[:, 0])
 
     # ------------------------------------------------------------------ inference
     def forward(
@@ -257,16 +337,18 @@ class AtlasVLA(nn.Module):
         generator: torch.Generator | None = None, noise: Tensor | None = None,
     ) -> Tensor:
         """Predicted action chunk [B, chunk, action_dim] (normalised action space)."""
-        context, pad = self.encode(images, input_ids, attention_mask, state)
-        if self.geometry.head == "l1":
-            return self.action_head(self._decode(context, pad))
-        return self.sample_flow(context, pad, generator=generator, noise=noise)
+        enc = self.encode(images, input_ids, attention_mask, state)
+        if self.geometry.head != "flow":
+            return self.action_head(self._decode(enc))
+        return self.sample_flow(enc, generator=generator, noise=noise)
 
     def sample_flow(
-        self, context: Tensor, pad: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None,
+        self, enc: Encoding, generator: torch.Generator | None = None, noise: Tensor | None = None,
         steps: int | None = None,
     ) -> Tensor:
+        """Euler integration of the velocity field from noise (t = 1) to an action chunk (t = 0)."""
         g = self.geometry
+        context = enc.context
         shape = (context.shape[0], g.chunk, g.action_dim)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=context.device if generator is None else generator.device)
@@ -278,7 +360,7 @@ class AtlasVLA(nn.Module):
         dt = 1.0 / n
         for i in range(n):
             t = torch.full((shape[0],), 1.0 - i * dt, device=context.device)
-            x = x - dt * self.velocity(context, pad, x, t)
+            x = x - dt * self.velocity(enc, x, t)
         return x
 
     @torch.no_grad()
@@ -291,30 +373,55 @@ class AtlasVLA(nn.Module):
         return self(images, ids, mask, state, generator=generator)
 
     # ------------------------------------------------------------------ training
-    def loss(
+    def loss_terms(
         self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, actions: Tensor, state: Tensor | None = None,
-        generator: torch.Generator | None = None, action_mask: Tensor | None = None,
-    ) -> Tensor:
-        """L1 (``head=l1``) or flow-matching MSE (``head=flow``) on a target chunk [B, chunk, action_dim]."""
+        generator: torch.Generator | None = None, action_mask: Tensor | None = None, aux_target: Tensor | None = None,
+        aux_weight: float = 1.0,
+    ) -> dict[str, Tensor]:
+        """``{"loss", "action"}`` on a target chunk [B, chunk, action_dim], plus ``"aux"`` (MSE) when ``aux_target``
+        [B, aux_dim] is given; ``loss = action + aux_weight · aux``. The action term is the head's: L1, MSE or
+        Huber (δ = 1) of the regression, or the flow-matching MSE on the velocity."""
         g = self.geometry
         if actions.dim() != 3 or tuple(actions.shape[1:]) != (g.chunk, g.action_dim):
             raise ValueError(f"target actions must be [B, {g.chunk}, {g.action_dim}], got {tuple(actions.shape)}")
-        context, pad = self.encode(images, input_ids, attention_mask, state)
+        if aux_target is not None and (not g.aux_dim or tuple(aux_target.shape) != (actions.shape[0], g.aux_dim)):
+            raise ValueError(f"aux_target must be [B, aux_dim] = [{actions.shape[0]}, {g.aux_dim}] "
+                             f"(model.aux_dim), got {tuple(aux_target.shape)}")
+        enc = self.encode(images, input_ids, attention_mask, state)
         if action_mask is None:
             action_mask = torch.ones(actions.shape[:2], device=actions.device)
         weight = action_mask.to(actions.dtype)[..., None].expand_as(actions)
-        if g.head == "l1":
-            err = F.l1_loss(self.action_head(self._decode(context, pad)), actions, reduction="none")
-        else:
+        if g.head == "flow":
             b = actions.shape[0]
             dev = actions.device
-            noise = torch.randn(actions.shape, generator=generator, device=dev if generator is None else generator.device).to(dev)
-            # π0-style time sampling biased towards high noise: t = 1 - 0.999 * Beta(1.5, 1)
-            u = torch.rand(b, generator=generator, device=dev if generator is None else generator.device).to(dev)
-            t = 1.0 - 0.999 * u.pow(1.0 / 1.5)
+            gen_dev = dev if generator is None else generator.device
+            noise = torch.randn(actions.shape, generator=generator, device=gen_dev).to(dev)
+            t = flow_times(torch.rand(b, generator=generator, device=gen_dev).to(dev))
             x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-            err = (self.velocity(context, pad, x_t, t) - (noise - actions)).pow(2)
-        return (err * weight).sum() / weight.sum().clamp_min(1.0)
+            err = (self.velocity(enc, x_t, t) - (noise - actions)).pow(2)
+        else:
+            pred = self.action_head(self._decode(enc))
+            if g.head == "l1":
+                err = F.l1_loss(pred, actions, reduction="none")
+            elif g.head == "mse":
+                err = F.mse_loss(pred, actions, reduction="none")
+            else:
+                err = F.huber_loss(pred, actions, reduction="none", delta=1.0)
+        terms = {"action": (err * weight).sum() / weight.sum().clamp_min(1.0)}
+        terms["loss"] = terms["action"]
+        if aux_target is not None:
+            terms["aux"] = F.mse_loss(self.aux(enc), aux_target.to(enc.context.dtype))
+            terms["loss"] = terms["action"] + aux_weight * terms["aux"]
+        return terms
+
+    def loss(
+        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, actions: Tensor, state: Tensor | None = None,
+        generator: torch.Generator | None = None, action_mask: Tensor | None = None, aux_target: Tensor | None = None,
+        aux_weight: float = 1.0,
+    ) -> Tensor:
+        """The training loss (see :meth:`loss_terms`)."""
+        return self.loss_terms(images, input_ids, attention_mask, actions, state, generator, action_mask, aux_target,
+                               aux_weight)["loss"]
 
     # ------------------------------------------------------------------ checkpoints
     def load_tensors(self, tensors: dict[str, Any], geometry: dict[str, Any] | None = None) -> None:

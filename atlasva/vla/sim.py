@@ -6,11 +6,14 @@ configuration (goal / object position) through the env's seeded ``rand_vec``. Fr
 shared :class:`atlasva.sim.render.OffscreenRenderer`, and only when the policy is queried.
 
 Actions are Meta-World's 4-D ``[dx, dy, dz, gripper]`` in [-1, 1]; proprioception is the hand
-position and gripper opening (``obs[:4]``).
+position and gripper opening (``obs[:4]``). Each frame also records the simulator's object and goal
+positions (``observation.environment_state``, LeRobot's name for privileged state): never a policy
+input, only the target of the optional auxiliary loss (``train.aux_weight``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -23,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from atlasva.envs.base import level_hash
+from atlasva.envs.registry import scan_levels
 from atlasva.sim.render import OffscreenRenderer, configure_headless
 from atlasva.vla.config import VLAConfig
 from atlasva.vla.data import (
@@ -33,13 +38,18 @@ from atlasva.vla.data import (
     compute_stats,
     hwc_shape,
     libero_hdf5_files,
+    load_lerobot_column,
     load_training_data,
 )
 from atlasva.vla.parallel import ordered_map
 
 IMAGE_KEY = "observation.image"  # one camera; several cameras: observation.images.<camera> (LeRobot's naming)
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"
+ENV_STATE_NAMES = ["object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z"]
 ACTION_KEY = "action"
+#: one JSON line per recorded episode: {"task", "seed", "level_hash"} (the levels a dataset trains on)
+LEVELS_FILE = "meta/atlasva_levels.jsonl"
 
 
 def image_keys(cameras: Sequence[str]) -> list[str]:
@@ -60,45 +70,32 @@ class MetaWorldTask:
 
     def __init__(self, task: str, image_size: int = 128, cameras: Sequence[str] | str = ("corner2",),
                  flip_vertical: bool = True, max_steps: int = 150) -> None:
-        configure_headless()
-        try:
-            from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
-            from metaworld.policies import ENV_POLICY_MAP
-        except ImportError as exc:
-            raise ImportError("Meta-World is not installed: pip install 'atlasva[sim]' (mujoco==3.3.0, metaworld)") from exc
-        key = f"{task}-goal-observable"
-        if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
-            names = sorted(k.removesuffix("-goal-observable") for k in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
-            raise ValueError(f"unknown Meta-World task {task!r}; e.g. {names[:6]} …")
         self.task = task
-        self.env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key](seed=0)
-        self.env._freeze_rand_vec = False
-        self.env.seeded_rand_vec = True
-        self.env.max_path_length = max(self.env.max_path_length, max_steps + 1)
+        self.env = _metaworld_env(task, max_steps)
+        from metaworld.policies import ENV_POLICY_MAP
+
         self.expert = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
         self.cameras = [cameras] if isinstance(cameras, str) else list(cameras)
         image_keys(self.cameras)  # validates the list
         self.renderers = [OffscreenRenderer(self.env.model, image_size, image_size, c, flip_vertical) for c in self.cameras]
         self.obs: np.ndarray | None = None
+        self.level_hash = ""
 
     def reset(self, seed: int) -> np.ndarray:
-        import mujoco
-
-        self.env.seed(int(seed))
-        self.obs, _ = self.env.reset()
-        # Meta-World's reset writes the new goal site and object bodies into the *model*
-        # (site_pos / body_pos) after its last forward pass, so the world poses the renderer draws from
-        # still show the previous episode until the first step. Recompute them: the first frame must
-        # show this episode's goal and drawer, and the first observation must agree with it.
-        mujoco.mj_forward(self.env.model, self.env.data)
-        self.env._prev_obs = self.env._get_curr_obs_combined_no_goal()
-        self.obs = self.env._get_obs()
+        self.obs = _reset_metaworld(self.env, seed)
+        self.level_hash = metaworld_level_hash(self.task, self.obs)
         return self.obs
 
     def state(self) -> np.ndarray:
         assert self.obs is not None, "call reset() first"
         return self.obs[:4].astype(np.float32)
+
+    def env_state(self) -> np.ndarray:
+        """The first object's position and the goal (``obs[4:7]``, ``obs[-3:]``): reach-v3's goal and its
+        (unused) puck, drawer-open-v3's handle and open position, pick-place's puck and target."""
+        assert self.obs is not None, "call reset() first"
+        return np.concatenate([self.obs[4:7], self.obs[-3:]]).astype(np.float32)
 
     def image(self) -> np.ndarray:
         """The first camera's frame, uint8 H×W×3."""
@@ -130,6 +127,66 @@ class MetaWorldTask:
         self.env.close()
 
 
+def _metaworld_env(task: str, max_steps: int) -> Any:
+    """A goal-observable Meta-World v3 env whose resets draw the goal / object placement from the seed."""
+    configure_headless()
+    try:
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+    except ImportError as exc:
+        raise ImportError("Meta-World is not installed: pip install 'atlasva[sim]' (mujoco==3.3.0, metaworld)") from exc
+    key = f"{task}-goal-observable"
+    if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
+        names = sorted(k.removesuffix("-goal-observable") for k in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE)
+        raise ValueError(f"unknown Meta-World task {task!r}; e.g. {names[:6]} …")
+    env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key](seed=0)
+    env._freeze_rand_vec = False
+    env.seeded_rand_vec = True
+    env.max_path_length = max(env.max_path_length, max_steps + 1)
+    return env
+
+
+def _reset_metaworld(env: Any, seed: int) -> np.ndarray:
+    import mujoco
+
+    env.seed(int(seed))
+    env.reset()
+    # Meta-World's reset writes the new goal site and object bodies into the *model*
+    # (site_pos / body_pos) after its last forward pass, so the world poses the renderer draws from
+    # still show the previous episode until the first step. Recompute them: the first frame must
+    # show this episode's goal and drawer, and the first observation must agree with it.
+    mujoco.mj_forward(env.model, env.data)
+    env._prev_obs = env._get_curr_obs_combined_no_goal()
+    return env._get_obs()
+
+
+def metaworld_level_hash(task: str, obs: np.ndarray) -> str:
+    """A Meta-World episode's level is its initial state: the task with the hand, first object and goal
+    positions to the millimetre (what the seed's ``rand_vec`` places)."""
+    pos = np.round(np.concatenate([obs[:3], obs[4:7], obs[-3:]]).astype(np.float64), 3) + 0.0  # no -0.000
+    return level_hash(f"{task} " + " ".join(f"{v:.3f}" for v in pos))
+
+
+def metaworld_levels(task: str, split: str, n: int, seed_start: int, validation_share: float) -> list[tuple[int, str]]:
+    """The first ``n`` distinct levels of ``split`` (``train`` | ``validation``) among seeds ``seed_start``,
+    ``seed_start + 1``, …: collect records the train split, eval plays the validation split."""
+    if not 0.0 < validation_share < 1.0:
+        raise ValueError(f"sim.validation_share must be in (0, 1), got {validation_share}")
+    env = _metaworld_env(task, 1)
+    try:
+        return scan_levels(lambda seed: metaworld_level_hash(task, _reset_metaworld(env, seed)),
+                           range(seed_start, seed_start + 10**7), split, n, validation_share, name=task)
+    finally:
+        env.close()
+
+
+def read_dataset_levels(root: str | Path) -> list[dict[str, Any]] | None:
+    """The levels a dataset recorded by :func:`collect` trains on, or None for a dataset without the record."""
+    path = Path(root) / LEVELS_FILE
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -145,7 +202,7 @@ _WORKER_SIMS: dict[tuple[Any, ...], MetaWorldTask] = {}
 
 
 def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]) -> dict[str, Any] | None:
-    """One noisy scripted-expert episode as arrays ({"images": [T, S, H, W, 3], "state", "action"}),
+    """One noisy scripted-expert episode as arrays ({"images": [T, S, H, W, 3], "state", "env_state", "action"}),
     or None when the expert failed. Runs in the parent or in a collect worker, which keeps one
     simulator per task alive between episodes."""
     task, seed, size, cameras, flip, max_steps, noise = job
@@ -155,15 +212,17 @@ def _record_episode(job: tuple[str, int, int, tuple[str, ...], bool, int, float]
         sim = _WORKER_SIMS[key] = MetaWorldTask(task, size, cameras, flip, max_steps)
     rng = np.random.default_rng([seed, 7])  # per episode: the same data whatever the number of workers
     sim.reset(seed)
-    images, states, actions = [], [], []
+    images, states, env_states, actions = [], [], [], []
     for _ in range(max_steps):
         images.append(sim.images())
         states.append(sim.state())
+        env_states.append(sim.env_state())
         label = sim.expert_action()
         actions.append(label)
         executed = label + noise * rng.standard_normal(4).astype(np.float32)
         if sim.step(executed):
-            return {"images": np.stack(images), "state": np.stack(states), "action": np.stack(actions)}
+            return {"images": np.stack(images), "state": np.stack(states), "env_state": np.stack(env_states),
+                    "action": np.stack(actions), "level_hash": sim.level_hash}
     return None
 
 
@@ -173,7 +232,7 @@ def _close_worker_sims() -> None:
 
 
 def demo_counts(cfg: VLAConfig) -> dict[str, int]:
-    """How many demos ``collect`` records per task (seeds seed_start, seed_start + 1, …)."""
+    """How many demos ``collect`` records per task (train-split levels from seed_start upwards)."""
     unknown = sorted(set(cfg.collect.episodes_by_task) - set(cfg.sim.tasks))
     if unknown:
         raise ValueError(f"collect.episodes_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
@@ -211,30 +270,44 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     features = {
         **{k: {"dtype": "image", "shape": [size, size, 3], "names": ["height", "width", "channels"]} for k in keys},
         STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
+        ENV_STATE_KEY: {"dtype": "float32", "shape": [len(ENV_STATE_NAMES)], "names": ENV_STATE_NAMES},
         ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
     }
     writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer", version=cfg.collect.lerobot_version)
     t0 = time.time()
-    jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
-             cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(counts[task])]
+    # demos only on train-split levels, so that eval's validation-split levels are never trained on
+    levels = {task: metaworld_levels(task, "train", counts[task], cfg.collect.seed_start, cfg.sim.validation_share)
+              for task in cfg.sim.tasks}
+    jobs = [(task, seed, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
+             cfg.collect.action_noise) for task in cfg.sim.tasks for seed, _ in levels[task]]
+    planned = {(task, seed): h for task in cfg.sim.tasks for seed, h in levels[task]}
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
+    recorded: list[dict[str, Any]] = []
+    done = dict.fromkeys(cfg.sim.tasks, 0)
     results = ordered_map(_record_episode, jobs, cfg.collect.workers)
     try:
         for job, episode in zip(jobs, results):
-            task = job[0]
+            task, seed = job[0], job[1]
             if episode is None:
                 stats[task]["expert_failed"] += 1
             else:
+                if episode["level_hash"] != planned[task, seed]:  # the recorded episode is not the level planned
+                    raise RuntimeError(f"{task} seed {seed} played level {episode['level_hash']}, "
+                                       f"planned {planned[task, seed]}: resets are not deterministic")
                 frames = {k: episode["images"][:, v] for v, k in enumerate(keys)}
-                writer.add_episode({**frames, STATE_KEY: episode["state"], ACTION_KEY: episode["action"]},
-                                   instructions[task])
+                writer.add_episode({**frames, STATE_KEY: episode["state"], ENV_STATE_KEY: episode["env_state"],
+                                    ACTION_KEY: episode["action"]}, instructions[task])
+                recorded.append({"task": task, "seed": seed, "level_hash": episode["level_hash"]})
                 stats[task]["kept"] += 1
-            k = job[1] - cfg.collect.seed_start + 1
+            done[task] += 1
+            k = done[task]
             if k % 10 == 0 or k == counts[task]:
                 _progress(f"collect {task}: {k}/{counts[task]} episodes ({time.time() - t0:.0f}s)")
     finally:
         results.close()  # stops the worker processes, if any
         _close_worker_sims()
+    (root / LEVELS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / LEVELS_FILE).write_text("".join(json.dumps(r) + "\n" for r in recorded))  # before info.json marks it done
     writer.finalize()
     info = json.loads((root / "meta" / "info.json").read_text())
     _progress(f"collected {info['total_episodes']} episodes, {info['total_frames']} frames into {root} "
@@ -337,22 +410,37 @@ def train(cfg: VLAConfig) -> Path:
     torch.set_num_threads(max(1, cfg.train.num_threads))
     geometry = cfg.model.geometry()
     keys = training_image_keys(cfg)
+    if cfg.model.views is None:  # unset: one view per camera
+        geometry = dataclasses.replace(geometry, views=len(keys))
     data_image_size = dataset_image_size(cfg, keys)
     images, actions, states, episodes, tasks, task_ids = load_training_data(
         cfg.data.path or cfg.collect.dataset, keys, cfg.data.action_key, cfg.data.state_key if geometry.state_dim else None,
         cfg.libero.image_transform, geometry.image_size)
+    if cfg.sim.suite == "metaworld":
+        missing = [t for t in cfg.sim.tasks if instruction_of(cfg, t) not in tasks]
+        if missing:  # e.g. sim.tasks overridden but collect.dataset still names another task set's demos
+            raise ValueError(f"{cfg.collect.dataset} holds no demos for {missing} (its instructions: {tasks}); "
+                             f"collect them into another collect.dataset")
     if images.shape[-3:-1] != (geometry.image_size, geometry.image_size):
         raise ValueError(f"dataset frames are {images.shape[-3:-1]}, model.image_size is {geometry.image_size}")
     if actions.shape[1] != geometry.action_dim:
         raise ValueError(f"dataset actions are {actions.shape[1]}-D, model.action_dim is {geometry.action_dim}")
     if states is not None and states.shape[1] != geometry.state_dim:
         raise ValueError(f"dataset states are {states.shape[1]}-D, model.state_dim is {geometry.state_dim}")
+    if geometry.keypoints and geometry.views != len(keys):
+        raise ValueError(f"model.views is {geometry.views} but sim.cameras gives {len(keys)} view(s) per frame; "
+                         f"set model.views={len(keys)}")
+    env_states = _aux_targets(cfg, geometry.aux_dim)
+    train_levels = _training_levels(cfg, len(np.unique(episodes)))
     stats = {ACTION_KEY: compute_stats(actions)}
     if states is not None:
         stats[STATE_KEY] = compute_stats(states)
+    if env_states is not None:
+        stats[ENV_STATE_KEY] = compute_stats(env_states)
     norm = Normalizer(stats, mode=cfg.train.normalization)
     data = ChunkData(images, norm.normalize(ACTION_KEY, actions), episodes, task_ids, tasks,
-                     norm.normalize(STATE_KEY, states) if states is not None else None)
+                     norm.normalize(STATE_KEY, states) if states is not None else None,
+                     norm.normalize(ENV_STATE_KEY, env_states) if env_states is not None else None)
 
     model = build_model(geometry, seed=cfg.model.seed)
     if cfg.model.vision_path:
@@ -372,6 +460,8 @@ def train(cfg: VLAConfig) -> Path:
         return cfg.train.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
     run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=cfg.run.resume)
+    if train_levels is not None:
+        run.record_levels("sft", [(r["seed"], r["level_hash"]) for r in train_levels])
     start = 0
     ckpt = run.load_checkpoint()
     if ckpt is not None:
@@ -396,6 +486,7 @@ def train(cfg: VLAConfig) -> Path:
             "state_key": STATE_KEY, "action_key": ACTION_KEY,
             # how eval must render to see what training saw: render size (resized to the model's) and turn
             "data_image_size": data_image_size, "image_transform": cfg.libero.image_transform,
+            "train_levels": train_levels,  # eval refuses to play any of them
         })
 
     for step in range(start, cfg.train.steps):
@@ -411,20 +502,24 @@ def train(cfg: VLAConfig) -> Path:
         ids = torch.cat([_pad(token_cache[t][0], max(token_cache[u][0].shape[1] for u in set(tid.tolist())), model.text.pad_id) for t in tid])
         mask = torch.cat([_pad(token_cache[t][1], ids.shape[1], 0) for t in tid])
         st = torch.from_numpy(data.states[idx]) if data.states is not None else None
+        aux = torch.from_numpy(data.aux[idx]) if data.aux is not None else None
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model.loss(x, ids, mask, torch.from_numpy(target), st, generator=gen, action_mask=torch.from_numpy(valid))
+        terms = model.loss_terms(x, ids, mask, torch.from_numpy(target), st, generator=gen,
+                                 action_mask=torch.from_numpy(valid), aux_target=aux, aux_weight=cfg.train.aux_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append({k: v.item() for k, v in terms.items()})
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             rate = (done - start) / max(1e-9, time.time() - t0)
-            run.log_metrics(done, {"train/loss": float(np.mean(losses)), "train/grad_norm": float(grad_norm),
-                                   "train/lr": lr_at(step), "train/steps_per_s": rate})
-            _progress(f"train step {done}/{cfg.train.steps} loss {np.mean(losses):.4f} ({rate:.2f} it/s, "
+            means = {k: float(np.mean([row[k] for row in losses])) for k in losses[0]}
+            run.log_metrics(done, {"train/loss": means["action"], **({"train/aux_loss": means["aux"]} if "aux" in means else {}),
+                                   "train/grad_norm": float(grad_norm), "train/lr": lr_at(step), "train/steps_per_s": rate})
+            aux_msg = f" aux {means['aux']:.4f}" if "aux" in means else ""
+            _progress(f"train step {done}/{cfg.train.steps} loss {means['action']:.4f}{aux_msg} ({rate:.2f} it/s, "
                       f"eta {(cfg.train.steps - done) / max(rate, 1e-9):.0f}s)")
             losses = []
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
@@ -434,6 +529,41 @@ def train(cfg: VLAConfig) -> Path:
     run.close()
     _progress(f"training done: {run.path} ({time.time() - t0:.0f}s)")
     return run.path
+
+
+def _training_levels(cfg: VLAConfig, episodes: int) -> list[dict[str, Any]] | None:
+    """The levels the training demos were recorded on ({"task", "seed", "level_hash"} per episode), or None
+    for data that carries no record (LIBERO, a dataset given by data.path)."""
+    root = cfg.data.path or cfg.collect.dataset
+    levels = read_dataset_levels(root)
+    if levels is None:
+        if cfg.sim.suite == "metaworld" and not cfg.data.path:
+            raise ValueError(f"{root} has no {LEVELS_FILE} (the levels its demos play, recorded by `atlasva vla collect` "
+                             f"since evaluation is held out by level): re-collect with collect.overwrite=true")
+        return None
+    if len(levels) != episodes:
+        raise ValueError(f"{root}/{LEVELS_FILE} lists {len(levels)} levels for {episodes} episodes")
+    return levels
+
+
+def _aux_targets(cfg: VLAConfig, aux_dim: int) -> np.ndarray | None:
+    """The auxiliary loss's per-frame targets [N, aux_dim] (raw), or None when the loss is off."""
+    if cfg.train.aux_weight < 0:
+        raise ValueError(f"train.aux_weight must be ≥ 0, got {cfg.train.aux_weight}")
+    if cfg.train.aux_weight == 0:
+        return None
+    if not aux_dim:
+        raise ValueError(f"train.aux_weight={cfg.train.aux_weight} needs an auxiliary head: set model.aux_dim="
+                         f"{len(ENV_STATE_NAMES)} (or train.aux_weight=0)")
+    path = cfg.data.path or cfg.collect.dataset
+    try:
+        targets = load_lerobot_column(path, ENV_STATE_KEY)
+    except KeyError:
+        raise ValueError(f"{path} has no {ENV_STATE_KEY!r} (recorded by `atlasva vla collect` since the "
+                         f"auxiliary loss exists): re-collect with collect.overwrite=true, or set train.aux_weight=0") from None
+    if targets.shape[1] != aux_dim:
+        raise ValueError(f"{ENV_STATE_KEY} is {targets.shape[1]}-D, model.aux_dim is {aux_dim}")
+    return targets
 
 
 def _pad(t: Any, length: int, value: int) -> Any:
@@ -551,6 +681,8 @@ def run_episode(sim: Any, policy: VLAPolicy | None, instruction: str, seed: int,
         "turns": steps if policy is None else policy.queries,
         "format_valid_rate": 1.0, "finish_reason": "success" if success else "max_steps",
     }
+    if getattr(sim, "level_hash", ""):  # Meta-World: the level this episode played
+        out["level_hash"] = sim.level_hash
     if latencies:
         out["chunk_latency_ms"] = 1000 * float(np.mean(latencies))
     if keep_frames:
@@ -575,10 +707,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     policy = VLAPolicy(*loaded, execute_steps=cfg.eval.execute_steps)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
-    demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(demo_counts(cfg).values())))
-    eval_seeds = list(range(cfg.eval.seed_start, cfg.eval.seed_start + cfg.eval.episodes_per_task))
-    if demo_seeds & set(eval_seeds):
-        raise ValueError("eval.seed_start overlaps the demo seeds; evaluation seeds must be disjoint from collect's")
+    eval_levels = held_out_levels(cfg, loaded[1].get("train_levels"), run)
     t0 = time.time()
     records: list[dict[str, Any]] = []
     expert_records: list[dict[str, Any]] = []
@@ -587,6 +716,7 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     for task in cfg.sim.tasks:
         sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.cameras, cfg.sim.flip_vertical, max_steps)
         instruction = instruction_of(cfg, task)
+        eval_seeds = [seed for seed, _ in eval_levels[task]]
         for i, seed in enumerate(eval_seeds):
             rec = run_episode(sim, policy, instruction, seed, max_steps, keep_frames=cfg.eval.save_media and i == 0)
             if "_frames" in rec:
@@ -616,9 +746,12 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     if expert_records:
         evals["expert"] = stage(expert_records)
         run.write_episodes("expert", expert_records)
+        run.record_levels("eval:expert", [pair for lv in eval_levels.values() for pair in lv])
     if media:
         save_media(run.path, cfg.eval.stage, media)
-    summary = run.write_summary(evals, wall_time_s=time.time() - t0, eval_seeds=[eval_seeds[0], eval_seeds[-1]],
+    summary = run.write_summary(evals, wall_time_s=time.time() - t0, splits=run.split_report(),
+                                eval_seeds={t: [seed for seed, _ in lv] for t, lv in eval_levels.items()},
+                                validation_share=cfg.sim.validation_share,
                                 execute_steps=cfg.eval.execute_steps, max_steps=max_steps)
     run.close()
     for name, st in evals.items():
@@ -626,6 +759,32 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
         _progress(f"{name}: success {st['success_rate']:.3f} CI95 {st['success_ci95']} ({per})")
     _progress(f"summary: {summary_path}")
     return summary
+
+
+def held_out_levels(cfg: VLAConfig, train_levels: list[dict[str, Any]] | None, run: Any) -> dict[str, list[tuple[int, str]]]:
+    """Each task's ``eval.episodes_per_task`` distinct validation-split levels from ``eval.seed_start`` upwards,
+    recorded with the checkpoint's training levels in the run's ``levels.jsonl``. Raises
+    ``SplitOverlapError`` when one of them was trained on, and when the checkpoint does not say what it
+    trained on (a held-out number needs both sides)."""
+    from atlasva.runs import split_report
+    from atlasva.train.trainer import SplitOverlapError
+
+    if train_levels is None:
+        raise SplitOverlapError("the checkpoint records no training levels (trained before held-out levels existed, or "
+                                "from data without a level record), so held-out levels cannot be proven held out: "
+                                "re-collect (collect.overwrite=true) and retrain")
+    levels = {task: metaworld_levels(task, "validation", cfg.eval.episodes_per_task, cfg.eval.seed_start,
+                                     cfg.sim.validation_share) for task in cfg.sim.tasks}
+    rows = [{"stage": "sft", "level_hash": r["level_hash"]} for r in train_levels]
+    rows += [{"stage": f"eval:{cfg.eval.stage}", "level_hash": h} for lv in levels.values() for _, h in lv]
+    overlap = split_report(rows)["overlap"]
+    if overlap:
+        raise SplitOverlapError(f"{overlap} of the evaluation levels were trained on (sim.validation_share="
+                                f"{cfg.sim.validation_share}; the demos were recorded with another one?): "
+                                "evaluate with the share the demos were collected with")
+    run.record_levels("sft", [(r["seed"], r["level_hash"]) for r in train_levels])
+    run.record_levels(f"eval:{cfg.eval.stage}", [pair for lv in levels.values() for pair in lv])
+    return levels
 
 
 def save_media(folder: Path, stage: str, media: dict[str, list[np.ndarray]], columns: int = 8) -> list[Path]:
