@@ -7,7 +7,8 @@
   same quantity :meth:`PolicyModel.score` computes with the same temperature.
 - :class:`OpenAIBackend` — any OpenAI-compatible ``/chat/completions`` server (vLLM, hosted models):
   images as PNG data URLs, API key from an environment variable, bounded retries with exponential
-  backoff (``Retry-After`` honoured) on 429 / 5xx / connection errors, a requests-per-second limit.
+  backoff and jitter (:mod:`atlasva.retry`; ``Retry-After`` honoured) on 429 / 5xx / connection errors,
+  a requests-per-second limit.
   Servers re-tokenise text, so ``token_ids`` are empty unless a vLLM server returns them
   (``request_token_ids``); use it for evaluation, not for token-level training.
 """
@@ -29,6 +30,7 @@ import torch
 
 from atlasva.policy.config import OpenAIConfig, SamplingConfig
 from atlasva.policy.processor import Encoded, Prompt, to_uint8_rgb
+from atlasva.retry import Backoff, RetriesExhausted, RetryableError, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,13 @@ class GenerationOutput:
 
 
 class GenerationBackend(Protocol):
+    """``request_ids`` (optional, one per prompt) name the episode slot and turn each prompt belongs to
+    (:class:`atlasva.rollout.loop.RequestKey`); backends that keep per-request state (a scripted replay,
+    a serving engine's request ids) use them, the others ignore them."""
+
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]: ...
 
 
@@ -74,7 +81,8 @@ class HFBackend:
         self.calls = 0  # advanced once per generate call: the default seed is (sampling.seed, calls)
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
@@ -237,7 +245,8 @@ class OpenAIBackend:
         self.client.close()
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
@@ -275,33 +284,31 @@ class OpenAIBackend:
         import httpx
 
         cfg = self.config
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                self.retries += 1
+        url = f"{cfg.base_url}/chat/completions"
+
+        def attempt() -> GenerationOutput:
             self.limiter.wait()
-            delay = min(cfg.max_backoff_s, cfg.backoff_s * (2**attempt))
             try:
                 resp = self.client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
-                time.sleep(delay)
-                continue
+                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
             if resp.status_code == 200:
                 return self._parse(resp.json())
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"
             if resp.status_code not in _RETRY_STATUS:
-                raise OpenAIError(f"{cfg.base_url}/chat/completions refused the request: {last}")
-            retry_after = resp.headers.get("retry-after")
-            if retry_after:
-                try:
-                    delay = min(cfg.max_backoff_s, max(0.0, float(retry_after)))
-                except ValueError:
-                    pass
-            log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
-            time.sleep(delay)
-        raise OpenAIError(f"{cfg.base_url}/chat/completions failed after {cfg.max_retries + 1} attempts: {last}")
+                raise OpenAIError(f"{url} refused the request: {last}")
+            raise RetryableError(last, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
+
+        def on_retry(exc: RetryableError, delay: float) -> None:
+            self.retries += 1
+            log.warning("openai backend: %s (retry %d of %d in %.2fs)", exc.reason, self.retries, cfg.max_retries, delay)
+
+        backoff = Backoff(retries=cfg.max_retries, base=cfg.backoff_s, cap=cfg.max_backoff_s,
+                          max_retry_after=cfg.max_backoff_s)
+        try:
+            return call_with_retries(attempt, backoff, on_retry=on_retry)
+        except RetriesExhausted as exc:
+            raise OpenAIError(f"{url} failed after {exc.attempts} attempts: {exc.last.reason}") from exc
 
     @staticmethod
     def _parse(data: dict[str, Any]) -> GenerationOutput:

@@ -88,7 +88,7 @@ class OpenAIConfig:
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key ("" = none)
     timeout_s: float = 120.0
     max_retries: int = 4
-    backoff_s: float = 1.0  # first retry waits this long, then doubles (Retry-After wins when given)
+    backoff_s: float = 1.0  # first retry waits up to this long (jittered), then doubles; Retry-After wins
     max_backoff_s: float = 30.0
     requests_per_second: float = 0.0  # 0 = no rate limit
     max_concurrency: int = 8

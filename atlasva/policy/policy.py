@@ -40,9 +40,10 @@ class Policy:
 
     # ---------------------------------------------------------------- generation
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
-        return self.backend.generate(prompts, seed=seed, sampling=sampling)
+        return self.backend.generate(prompts, seed=seed, sampling=sampling, request_ids=request_ids)
 
     # ---------------------------------------------------------------- token-level helpers
     def _need_model(self) -> PolicyModel:

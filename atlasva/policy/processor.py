@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atlasva.formats import IMAGE_PLACEHOLDER
 from atlasva.policy.tokenizer import EOS_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN
 
 Message = dict[str, Any]
@@ -235,7 +236,7 @@ def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([a, b], dim=0)
 
 
-def content_from_obs(text: str, images: Sequence[Any] = (), placeholder: str = "<image>") -> list[dict[str, Any]]:
+def content_from_obs(text: str, images: Sequence[Any] = (), placeholder: str = IMAGE_PLACEHOLDER) -> list[dict[str, Any]]:
     """An env observation (text with one ``<image>`` per image) as message content items, in order."""
     parts = text.split(placeholder)
     if len(parts) - 1 != len(images):

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlasva.runs import RunConfig
 from atlasva.vla.model import Geometry, make_geometry
 
 
@@ -130,16 +131,10 @@ class EvalSection:
 
 
 @dataclass
-class RunSection:
-    root: str = "runs"
-    resume: bool = True
-
-
-@dataclass
 class VLAConfig:
     model: ModelSection = field(default_factory=ModelSection)
     sim: SimSection = field(default_factory=SimSection)
     collect: CollectSection = field(default_factory=CollectSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
-    run: RunSection = field(default_factory=RunSection)
+    run: RunConfig = field(default_factory=RunConfig)

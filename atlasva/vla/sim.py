@@ -257,15 +257,17 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def run_config(cfg: VLAConfig) -> dict[str, Any]:
-    """The part of the config that identifies a training run (eval settings, resume and collect workers excluded)."""
-    from atlasva.config import to_dict
+# eval settings go into the training run's folder; worker counts do not change the data
+NOT_IDENTITY = ("eval", "collect.workers")
 
-    d = to_dict(cfg)
-    d.pop("eval", None)
-    d["collect"].pop("workers", None)  # how many processes recorded the data does not change it
-    d["run"] = {k: v for k, v in d["run"].items() if k != "resume"}
-    return d
+
+def run_config(cfg: VLAConfig) -> dict[str, Any]:
+    """The part of the config that identifies a training run (``runs.run_identity``: no ``run.*``, no eval
+    settings, no worker counts)."""
+    from atlasva.config import to_dict
+    from atlasva.runs import run_identity
+
+    return run_identity(to_dict(cfg), NOT_IDENTITY)
 
 
 def _augment(x: Any, shift: int, gen: Any) -> Any:
