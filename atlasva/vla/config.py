@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atlasva.runs import RunConfig
+from atlasva.vla.atom.config import AtomSection
 from atlasva.vla.model import Geometry, make_geometry
 
 
@@ -47,8 +48,9 @@ class ModelSection:
     chunk: int | None = None
     action_dim: int | None = None
     state_dim: int | None = None
-    head: str | None = None  # l1 | mse | huber (one regression head, three losses) | flow
+    head: str | None = None  # l1 | mse | huber (one regression head, three losses) | flow | dit
     flow_steps: int | None = None
+    dit_layers: int | None = None
     keypoints: int | None = None  # soft-argmax keypoints per view; 0 = none
     keypoint_map: int | None = None
     keypoint_channels: int | None = None
@@ -127,7 +129,8 @@ class EvalSection:
     expert_baseline: bool = True
     save_media: bool = True  # contact sheet PNG + GIF of the first episode of each task
     num_threads: int = 2
-    checkpoint: str = ""  # a checkpoint folder; "" = the train run's latest
+    checkpoint: str = ""  # a checkpoint folder; "" = the latest of the run named by `source`
+    source: str = "train"  # train: the SFT run's checkpoint | posttrain: the AtomVLA post-training run's
 
 
 @dataclass
@@ -137,4 +140,5 @@ class VLAConfig:
     collect: CollectSection = field(default_factory=CollectSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    atom: AtomSection = field(default_factory=AtomSection)
     run: RunConfig = field(default_factory=RunConfig)
