@@ -15,7 +15,7 @@ from t to t − Δ is Gaussian::
 
     x' ~ N(x − Δ·v − Δ·σ_t²/(2t)·(x + (1 − t)·v),  σ_t²·Δ·I),   σ_t = a·sqrt(t / (1 − t))
 
-(t in σ_t capped at 1 − Δ, where it is finite). A chunk's log-probability is the sum of the per-step
+(t in σ_t capped at 1 − Δ/2, where it is finite). A chunk's log-probability is the sum of the per-step
 Gaussian log-densities along its sampled path (the path likelihood GRPO's ratio needs); it costs one
 velocity evaluation per step and candidate.
 """
@@ -57,8 +57,8 @@ def sample_gaussian(mean: Tensor, log_std: Tensor, group: int, generator: torch.
 
 
 def sde_sigma(t: float, dt: float, noise_level: float) -> float:
-    """σ_t = a·sqrt(t / (1 − t)) with t capped at 1 − Δ."""
-    t = min(t, 1.0 - dt)
+    """σ_t = a·sqrt(t / (1 − t)) with t capped at 1 − Δ/2 (finite at the first step, t = 1)."""
+    t = min(t, 1.0 - dt / 2)
     return noise_level * math.sqrt(t / (1.0 - t))
 
 

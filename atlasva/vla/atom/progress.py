@@ -184,7 +184,7 @@ def fit_progress_head(section: ProgressSection, folder: Path, model: Any, images
 
     def accuracy(mask: np.ndarray) -> dict[str, Any]:
         k, n = int((pred[mask] == labels.ordinal[mask]).sum()), int(mask.sum())
-        return {"frames": n, "accuracy": k / n if n else 0.0, "accuracy_ci95": wilson_ci(k, n)}
+        return {"frames": n, "accuracy": k / n if n else None, "accuracy_ci95": wilson_ci(k, n)}
 
     summary = {
         "train": accuracy(train), "heldout": accuracy(held),
@@ -195,9 +195,13 @@ def fit_progress_head(section: ProgressSection, folder: Path, model: Any, images
     }
     run.save_checkpoint(section.steps, {f"head/{k}": v for k, v in net.state_dict().items()}, state)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
-    _progress(f"progress head: held-out accuracy vs the segmenter's labels {summary['heldout']['accuracy']:.3f} "
-              f"on {summary['heldout']['frames']} frames of {summary['heldout_episodes']} demos (train "
-              f"{summary['train']['accuracy']:.3f}, chance {summary['chance_heldout']:.3f}) in {summary['wall_time_s']:.0f}s")
+    if held.any():
+        heldout = (f"held-out accuracy vs the segmenter's labels {summary['heldout']['accuracy']:.3f} on "
+                   f"{summary['heldout']['frames']} frames of {summary['heldout_episodes']} demos")
+    else:
+        heldout = "no held-out demos (no task has two), so no held-out accuracy"
+    _progress(f"progress head: {heldout} (train {summary['train']['accuracy']:.3f}, chance "
+              f"{summary['chance_heldout']:.3f}) in {summary['wall_time_s']:.0f}s")
     return summary
 
 

@@ -306,6 +306,11 @@ def segment_episode(hand: np.ndarray, gripper: np.ndarray | None = None, obj: np
 
 
 # ---------------------------------------------------------------------------------------------- LLM naming
+_EVENT_PHRASES = {"grip_close": "the gripper closes", "grip_open": "the gripper opens",
+                  "object_moves": "the object starts moving", "object_lifted": "the object is lifted",
+                  "descend": "the hand starts moving down", "speed_min": "the hand slows to a stop", END: "the episode ends"}
+
+
 def describe_segments(seg: Segmentation, hand: np.ndarray, gripper: np.ndarray | None) -> list[str]:
     """One line per segment for an LLM: duration, hand displacement (cm per axis), gripper, end event."""
     lines = []
@@ -315,7 +320,7 @@ def describe_segments(seg: Segmentation, hand: np.ndarray, gripper: np.ndarray |
         grip = ""
         if gripper is not None:
             grip = f", gripper command {float(np.mean(gripper[start:stop + 1])):+.1f} on average"
-        end = "the episode ends" if seg.ends[k] == END else seg.ends[k].replace("_", " ")
+        end = _EVENT_PHRASES.get(seg.ends[k], seg.ends[k].replace("_", " "))
         lines.append(f"{k + 1}) {stop - start + 1} frames; the hand moves x {d[0]:+.0f} cm (right +), y {d[1]:+.0f} cm "
                      f"(forward +), z {d[2]:+.0f} cm (up +){grip}; it ends when {end}.")
     return lines

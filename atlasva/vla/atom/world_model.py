@@ -13,7 +13,7 @@
   frame of the current subtask of that demo; final goal E_goal = ‖P(…) − E(g_final)‖₁.
 * **Sanity gates** on demos held out of the predictor's training: the Spearman ρ of the predicted
   final-goal energy against time along each expert trajectory (it should fall: ρ < 0), and how often the
-  expert chunk has a lower subgoal energy than a uniformly random chunk and than another state's chunk
+  expert chunk has a lower subgoal energy than a uniformly random chunk and than another demo's chunk
   (goal ≥ 90 %). Both are printed and stored in the run's ``summary.json``.
 """
 
@@ -347,6 +347,24 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def gate_chunks(data: DemoData, usable: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gates' chunks at each of the ``usable`` frames: the expert's, a uniformly random one (raw actions in
+    [−1, 1], normalised), and the expert chunk of a random state of another demo (of any other state when there
+    is one demo only: a state of the same demo often has the same chunk, which would rank as a tie)."""
+    rng = np.random.default_rng(seed)
+    expert, _ = data.chunks(usable, k)
+    random_chunk = data.normalize_actions(rng.uniform(-1.0, 1.0, size=expert.shape).astype(np.float32))
+    episodes = data.episode[usable]
+    others = np.empty_like(usable)
+    for i, e in enumerate(episodes):
+        pool = usable[episodes != e]
+        if len(pool) == 0:
+            pool = usable[usable != usable[i]] if len(usable) > 1 else usable
+        others[i] = pool[rng.integers(len(pool))]
+    shuffled, _ = data.chunks(others, k)
+    return expert, random_chunk, shuffled
+
+
 def sanity_gates(wm: WorldModel, latents: np.ndarray, data: DemoData, frames: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """The world model's checks on the held-out ``frames`` (see the module docstring)."""
     import torch
@@ -355,13 +373,7 @@ def sanity_gates(wm: WorldModel, latents: np.ndarray, data: DemoData, frames: np
     usable = frames[frames + k <= data.last[frames]]
     if len(usable) == 0:
         raise ValueError("no held-out frame has a whole chunk ahead of it: hold out more or longer demos")
-    rng = np.random.default_rng(seed)
-    expert, _ = data.chunks(usable, k)
-    random_chunk = data.normalize_actions(rng.uniform(-1.0, 1.0, size=expert.shape).astype(np.float32))
-    others = rng.permutation(usable)
-    same = others == usable
-    others[same] = np.roll(others, 1)[same]
-    shuffled, _ = data.chunks(others, k)
+    expert, random_chunk, shuffled = gate_chunks(data, usable, k, seed)
     z = torch.from_numpy(latents[usable])
     s = torch.from_numpy(data.states[usable]) if data.states is not None and wm.state_dim else None
     z_sub = torch.from_numpy(latents[data.labels.subgoal[usable]])
@@ -572,7 +584,7 @@ def train_world_model(cfg: Any) -> dict[str, Any]:
     _progress(f"worldmodel ({sec.encoder}): final-goal energy along held-out expert demos, Spearman ρ "
               f"{gates['goal_energy_spearman_mean']:+.3f} (falling in {gates['goal_energy_decreasing_share']:.0%} of "
               f"{gates['heldout_episodes']} demos); expert chunk's subgoal energy below a random chunk's in "
-              f"{gates['expert_beats_random']:.1%}, below another state's chunk in {gates['expert_beats_shuffled']:.1%} "
+              f"{gates['expert_beats_random']:.1%}, below another demo's chunk in {gates['expert_beats_shuffled']:.1%} "
               f"of {gates['heldout_states']} states; gates {'passed' if summary['gates_passed'] else 'NOT passed'} "
               f"({summary['wall_time_s']:.0f}s) → {run.path}")
     return summary
