@@ -167,6 +167,13 @@ def cmd_train(argv: list[str]) -> int:
     if loaded is None:
         return 0
     cfg, name = loaded
+    if cfg.engine == "verl":  # verl's distributed trainer on the same envs, formats, memory and estimators
+        from atlasva.integrations.verl.launch import train_with_verl
+
+        cfg.validate()
+        out = train_with_verl(cfg, name)
+        print(f"run folder: {out['run_dir']}")
+        return 0
     summary = Trainer(cfg, name).train()
     print(format_summary(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
@@ -180,7 +187,7 @@ def cmd_eval(argv: list[str]) -> int:
     p = config_parser("atlasva eval", "Evaluate a checkpoint or a served model on held-out levels.",
                       "episodes=50 env.spec=sokoban")
     p.add_argument("--checkpoint", default=None, help="a Hugging Face folder (e.g. RUN/policy)")
-    p.add_argument("--backend", choices=("hf", "openai"), default=None)
+    p.add_argument("--backend", choices=("hf", "vllm", "openai"), default=None)
     p.add_argument("--model", default=None, help="model name on the OpenAI-compatible server")
     p.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1")
     args = p.parse_args(argv)

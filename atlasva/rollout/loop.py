@@ -216,7 +216,7 @@ class AgentLoop:
     @property
     def token_mode(self) -> bool:
         """A local model: token ids in and out, samples to train on (otherwise chat messages and text)."""
-        return getattr(self.policy, "model", None) is not None
+        return getattr(self.policy, "token_level", getattr(self.policy, "model", None) is not None)
 
     def _layout(self) -> _ChatLayout | _ConcatLayout | _TurnLayout:
         if not self.token_mode:

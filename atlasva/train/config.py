@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlasva.integrations.verl.config import ENGINES, VerlSection
 from atlasva.memory import MemoryConfig
 from atlasva.policy.config import PolicyConfig
 from atlasva.rollout.loop import RolloutConfig
@@ -106,12 +107,16 @@ class TrainConfig:
     memory: MemoryConfig = field(default_factory=_demo_memory)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunConfig = field(default_factory=RunConfig)
+    engine: str = "atlasva"  # atlasva (this process) | verl (verl's distributed PPO; see docs/engines.md)
+    verl: VerlSection = field(default_factory=VerlSection)
 
     def shaping_gamma(self) -> float:
         """The γ of the memory's shaping term: the discount the estimator applies between turns."""
         return float(get_estimator(self.algorithm.estimator).turn_discount(self.algorithm))
 
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}; accepted: {', '.join(ENGINES)}")
         a = self.algorithm
         est = get_estimator(a.estimator)
         if est.layout == "turn" and self.rollout.concat:
@@ -141,5 +146,5 @@ class TrainConfig:
         for s in self.eval.stages:
             if s not in STAGES:
                 raise ValueError(f"eval.stages holds {s!r}; accepted: {', '.join(STAGES)}")
-        if self.policy.backend != "hf":
-            raise ValueError("training needs a local model: policy.backend must be 'hf'")
+        if self.policy.backend not in ("hf", "vllm"):
+            raise ValueError("training needs a local model: policy.backend must be 'hf' or 'vllm'")

@@ -105,7 +105,8 @@ class Trainer:
             g.update(saved)
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
-        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s", "stage_wall_s")}
+        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s")}
+        self.state["stage_wall_s"] = state.get("stage_wall_s", {})  # absent in checkpoints of earlier versions
 
     def save(self) -> Path:
         self.state["wall_time_s"] += time.time() - self.t0

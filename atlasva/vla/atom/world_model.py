@@ -70,16 +70,18 @@ class DemoData:
 
 def load_demos(cfg: Any, normalizer: Any) -> DemoData:
     """The training demos of ``cfg`` with their subtask labels, normalised by the SFT policy's statistics."""
-    from atlasva.vla.data import ChunkData, load_lerobot_for_training
-    from atlasva.vla.sim import ACTION_KEY, STATE_KEY, image_keys
+    from atlasva.vla.data import ChunkData, load_training_data
+    from atlasva.vla.sim import ACTION_KEY, STATE_KEY, training_image_keys
 
-    images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
-        cfg.collect.dataset, image_keys(cfg.sim.cameras), ACTION_KEY, STATE_KEY)
+    path = cfg.data.path or cfg.collect.dataset  # the data the SFT policy trained on
+    images, actions, states, episodes, tasks, task_ids = load_training_data(
+        path, training_image_keys(cfg), cfg.data.action_key, cfg.data.state_key, cfg.libero.image_transform,
+        cfg.model.image_size)
     if images.ndim == 4:
         images = images[:, None]
-    labels = load_subtask_labels(cfg.collect.dataset)
+    labels = load_subtask_labels(path)
     if len(labels) != len(actions):
-        raise ValueError(f"{cfg.collect.dataset}: {len(labels)} subtask labels for {len(actions)} frames; re-run segment")
+        raise ValueError(f"{path}: {len(labels)} subtask labels for {len(actions)} frames; re-run segment")
     norm_actions = normalizer.normalize(ACTION_KEY, actions)
     norm_states = normalizer.normalize(STATE_KEY, states) if STATE_KEY in normalizer.stats else None
     last = ChunkData(images[:, :0], norm_actions, episodes, task_ids, tasks).last
