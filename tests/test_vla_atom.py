@@ -437,6 +437,29 @@ def test_energies_and_gates_on_a_toy_with_a_known_answer() -> None:
     assert gates["expert_beats_random"] == 0.0 and gates["expert_beats_shuffled"] == 0.0
 
 
+def test_tiny_vjepa2_encoder_trains_by_masked_latents_and_reloads() -> None:
+    from atlasva.vla.atom.config import WorldModelSection
+    from atlasva.vla.atom.world_model import VJEPA2Encoder, block_mask, make_encoder, train_vjepa2
+
+    context, target = block_mask(4, 0.6, np.random.default_rng(0))
+    assert len(target) >= 10 and len(context) >= 1 and sorted([*context, *target]) == list(range(16))
+    sec = WorldModelSection(encoder="vjepa2", vjepa2_hidden=16, vjepa2_layers=1, vjepa2_heads=2, vjepa2_pred_layers=1,
+                            vjepa2_steps=3, vjepa2_batch_size=4)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 2, 32, 32, 3), dtype=np.uint8)  # 2 views
+    model, curve = train_vjepa2(sec, frames, patch_size=8)
+    assert len(curve) == 3 and np.isfinite(curve).all()
+    z = VJEPA2Encoder(model)(frames[:3])
+    assert z.shape == (3, 2 * 4 * 16)  # views × 2×2 pooled quarters × hidden
+    assert not torch.allclose(z[0], z[1])
+    tensors = {f"vjepa2/{k}": v.detach().numpy() for k, v in model.state_dict().items()}
+    again = make_encoder(sec, None, tensors, {"vjepa2_config": model.config.to_dict()})
+    assert torch.equal(again(frames[:3]), z)  # the run folder's copy encodes as the trained one
+    with pytest.raises(ValueError, match="patch"):
+        train_vjepa2(sec, frames[:, :, :30, :30], patch_size=8)
+    with pytest.raises(FileNotFoundError, match="vjepa2_path"):
+        make_encoder(WorldModelSection(encoder="vjepa2", vjepa2_path="/nonexistent/vjepa2"), None)
+
+
 def test_group_rewards_mix_standardised_terms() -> None:
     from atlasva.vla.atom.posttrain import combine_rewards
 
@@ -484,6 +507,7 @@ def test_one_posttrain_step_end_to_end_on_two_episodes(tmp_path: Path, monkeypat
     before = load_file(str(sorted((sft / "checkpoints").iterdir())[-1] / "tensors.safetensors"))
     moved = [k for k in before if k.startswith("model/") and not np.array_equal(before[k], after[k])]
     assert moved and "policy/log_std" in after  # one GRPO update changed the policy
+    assert all((p / "curves.png").exists() for p in (sft, wm, pt))
     state = json.loads((ckpt / "state.json").read_text())
     assert state["progress_dir"].endswith("progress") and state["posttrain"]["w_sub"] == 1.0
     # resuming a finished run does nothing more; a second step continues from the first
