@@ -344,6 +344,48 @@ def test_flow_sde_steps_are_gaussian_and_keep_the_ode_marginals() -> None:
     assert lp.shape == (3,) and torch.isfinite(lp).all() and w.grad is not None
 
 
+def test_chunk_policy_of_a_dit_head_scores_its_own_sde_samples() -> None:
+    from atlasva.vla.atom.config import PosttrainSection
+    from atlasva.vla.atom.posttrain import ChunkPolicy
+    from atlasva.vla.model import Encoding, build_model, make_geometry
+
+    model = build_model(make_geometry("tiny", chunk=3, action_dim=2, state_dim=2, **{**DIT, "flow_steps": 4}), seed=0)
+    with torch.no_grad():  # wake the zero-initialised layers so the velocity depends on the state
+        for p in model.dit.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    model.eval()
+    policy = ChunkPolicy(model, PosttrainSection(sde_noise=0.5))
+    ids, mask = model.text.tokenize(["a", "b"])
+    x, st = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0)), torch.tensor([[2.0, 0.0], [-2.0, 1.0]])
+    enc = model.encode(x, ids, mask, st)
+    cands, path = policy.sample(enc, 3, torch.Generator().manual_seed(1))
+    assert policy.flow and cands.shape == (2, 3, 3, 2) and path.shape == (5, 6, 3, 2)
+    assert torch.equal(cands.reshape(6, 3, 2), path[-1])  # candidate g of state b is row b·G + g
+    # …and it was driven by state b's velocity: without noise the sampler is Euler from the same start
+    quiet, quiet_path = ChunkPolicy(model, PosttrainSection(sde_noise=0.0)).sample(enc, 3, torch.Generator().manual_seed(1))
+    for b in range(2):
+        one = Encoding(*(t[b:b + 1].expand(3, *t.shape[1:]) if t is not None else None for t in enc))
+        alone = flow_sde_sample(lambda x_, t_, one=one: model.velocity(one, x_, t_), quiet_path[0, 3 * b:3 * b + 3], 4, 0.0)
+        assert torch.allclose(alone[-1], quiet[b], atol=1e-5)
+    valid = torch.ones(6, 3)
+    lp = policy.log_prob(model.encode(x, ids, mask, st), path, 3, valid)
+    assert lp.shape == (6,) and torch.isfinite(lp).all()
+    assert torch.allclose(lp, policy.log_prob(enc, path, 3, valid))  # eval mode: the first ratio is exactly 1
+    swapped = Encoding(*(t.flip(0) if t is not None else None for t in enc))  # each row scored by the other state
+    assert not torch.allclose(lp, policy.log_prob(swapped, path, 3, valid), atol=1e-3)
+    lp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.dit.parameters())
+    # a regression head: N(mean of state b, σ²) scores candidate g of state b
+    reg = build_model(make_geometry("tiny", chunk=3, action_dim=2, state_dim=2, **{**DIT, "head": "mse"}), seed=0).eval()
+    gauss = ChunkPolicy(reg, PosttrainSection(), torch.tensor([-1.0, -0.5]))
+    enc = reg.encode(x, ids, mask, st)
+    cands, record = gauss.sample(enc, 3, torch.Generator().manual_seed(1))
+    mean = reg.action_head(reg._decode(enc))
+    assert not torch.allclose(mean[0], mean[1])
+    by_hand = torch.stack([gaussian_log_prob(cands[b], mean[b:b + 1].expand(3, -1, -1), gauss.log_std) for b in range(2)])
+    assert torch.allclose(gauss.log_prob(enc, record, 3, valid), by_hand.reshape(6), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- world model
 def toy_demos(n_eps: int = 12, length: int = 24, seed: int = 0):
     """1-D point masses pushed at constant speed towards a goal on either side: latent = position, the subtask
