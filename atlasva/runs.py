@@ -314,6 +314,31 @@ class RunFolder:
         """``{"train_levels", "eval_levels", "overlap"}`` over the distinct levels in ``levels.jsonl``."""
         return split_report(self.read_levels())
 
+    def plot_metrics(self, keys: list[str], name: str = "curves.png", xlabel: str = "step") -> Path | None:
+        """One panel per metric key of ``metrics.jsonl`` against its step, saved as a PNG in the run folder
+        (None when none of the keys was logged)."""
+        rows = self.read_metrics()
+        series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys}
+        if not any(series.values()):
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+        for ax, k in zip(axes[0], keys):
+            if series[k]:
+                xs, ys = zip(*series[k])
+                ax.plot(xs, ys, marker=".")
+            ax.set_title(k)
+            ax.set_xlabel(xlabel)
+        fig.tight_layout()
+        path = self.path / name
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return path
+
     def write_episodes(self, stage: str, records: list[Mapping[str, Any]]) -> Path:
         path = self.path / f"episodes-{stage}.jsonl"
         _atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))

@@ -355,25 +355,4 @@ _STAGE_ORDER = {"start": 0, "untrained_done": 1, "rl": 2, "done": 3}
 
 
 def plot_curves(run: RunFolder) -> Path | None:
-    rows = run.read_metrics()
-    keys = ["train/success_rate", "train/reward", "train/format_valid", "rl/pg_loss"]
-    series = {k: [(r["step"], r[k]) for r in rows if k in r] for k in keys}
-    if not any(series.values()):
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
-    for ax, k in zip(axes, keys):
-        if series[k]:
-            xs, ys = zip(*series[k])
-            ax.plot(xs, ys, marker=".")
-        ax.set_title(k)
-        ax.set_xlabel("RL step")
-    fig.tight_layout()
-    path = run.path / "curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return run.plot_metrics(["train/success_rate", "train/reward", "train/format_valid", "rl/pg_loss"], xlabel="RL step")

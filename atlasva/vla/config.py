@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atlasva.runs import RunConfig
+from atlasva.vla.atom.config import AtomSection
 from atlasva.vla.model import Geometry, make_geometry
 
 
@@ -47,8 +48,9 @@ class ModelSection:
     chunk: int | None = None
     action_dim: int | None = None
     state_dim: int | None = None
-    head: str | None = None  # l1 | mse | huber (one regression head, three losses) | flow
+    head: str | None = None  # l1 | mse | huber (one regression head, three losses) | flow | dit
     flow_steps: int | None = None
+    dit_layers: int | None = None
     keypoints: int | None = None  # soft-argmax keypoints per view; 0 = none
     keypoint_map: int | None = None
     keypoint_channels: int | None = None
@@ -154,7 +156,8 @@ class EvalSection:
     expert_baseline: bool = True
     save_media: bool = True  # contact sheet PNG + GIF of the first episode of each task
     num_threads: int = 2
-    checkpoint: str = ""  # a checkpoint folder; "" = the train run's latest
+    checkpoint: str = ""  # a checkpoint folder; "" = the latest of the run named by `source`
+    source: str = "train"  # train: the SFT run's checkpoint | posttrain: the AtomVLA post-training run's
     suite: str = ""  # LIBERO: the suite to evaluate ("" = sim.suite), e.g. a LIBERO-PRO suite libero_spatial_swap
     tasks: list[str] = field(default_factory=list)  # LIBERO: task indices or names; [] = sim.tasks ([] = all)
     workers: int = 1  # LIBERO: episodes run in parallel processes (results identical for any number)
@@ -169,4 +172,5 @@ class VLAConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     data: DataSection = field(default_factory=DataSection)
     libero: LiberoSection = field(default_factory=LiberoSection)
+    atom: AtomSection = field(default_factory=AtomSection)
     run: RunConfig = field(default_factory=RunConfig)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atlasva.vla.aggregator import Aggregator
+from atlasva.vla.dit import DiTActionHead
 from atlasva.vla.encoders import (
     ConvStemVisionEncoder,
     KeypointEncoder,
@@ -83,8 +84,9 @@ class Geometry:
     chunk: int = 8
     action_dim: int = 7
     state_dim: int = 0  # 0 = no proprioception
-    head: str = "l1"  # regression trained with l1 | mse | huber (same weights), or flow
+    head: str = "l1"  # regression trained with l1 | mse | huber (same weights), or flow | dit (flow matching)
     flow_steps: int = 10
+    dit_layers: int = 4  # blocks of the dit head (cross-attention to the context in every other block)
     keypoints: int = 0  # soft-argmax keypoints per view (0 = no keypoint path)
     keypoint_map: int = 48  # the keypoint stem's feature-map side (divides image_size)
     keypoint_channels: int = 16
@@ -113,7 +115,8 @@ SIZES: dict[str, Geometry] = {
 }
 
 
-HEADS = ("l1", "mse", "huber", "flow")
+HEADS = ("l1", "mse", "huber", "flow", "dit")
+FLOW_HEADS = ("flow", "dit")  # velocity fields sampled by Euler integration
 
 
 class Encoding(NamedTuple):
@@ -156,6 +159,8 @@ def _validate(g: Geometry) -> None:
         conv_stem_stages(g.patch_size)
     if g.head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {g.head!r}")
+    if g.head == "dit" and g.dit_layers < 2:
+        raise ValueError(f"dit_layers must be ≥ 2 (cross-attention every other block), got {g.dit_layers}")
     if g.keypoints < 0 or g.aux_dim < 0 or g.views < 1:
         raise ValueError(f"keypoints and aux_dim must be ≥ 0 and views ≥ 1, got {g.keypoints}, {g.aux_dim}, {g.views}")
     if g.keypoints and (g.keypoint_map < 1 or g.image_size % g.keypoint_map):
@@ -203,9 +208,9 @@ class AtlasVLA(nn.Module):
             [CrossBlock(g.decoder_dim, g.decoder_heads, self_attn=True) for _ in range(g.decoder_layers)]
         )
         self.out_norm = nn.LayerNorm(g.decoder_dim)
-        if g.head != "flow":
+        if g.head not in FLOW_HEADS:
             self.action_head: nn.Module = nn.Sequential(Mlp(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.action_dim))
-        else:
+        elif g.head == "flow":
             self.action_in = nn.Linear(g.action_dim, g.decoder_dim)
             self.time_mlp = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.SiLU(), nn.Linear(g.decoder_dim, g.decoder_dim))
             self.action_head = nn.Linear(g.decoder_dim, g.action_dim)
@@ -220,6 +225,9 @@ class AtlasVLA(nn.Module):
         if g.aux_dim:
             self.aux_query = nn.Parameter(torch.randn(1, g.decoder_dim) * 0.02)
             self.aux_head = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.aux_dim))
+        self.dit: DiTActionHead | None = None
+        if g.head == "dit":  # the action expert reads the fused context itself (the decoder serves the aux query)
+            self.dit = DiTActionHead(g.action_dim, g.chunk, g.decoder_dim, g.dit_layers, g.decoder_heads, g.mlp_ratio)
 
     # ------------------------------------------------------------------ freezing
     def set_frozen(self, vision: bool = False, text: bool = False, aggregator: bool = False) -> None:
@@ -321,6 +329,8 @@ class AtlasVLA(nn.Module):
 
     def velocity(self, enc: Encoding, x_t: Tensor, t: Tensor) -> Tensor:
         """Flow-matching velocity field v(x_t, t | observation); t in [0, 1] with t=1 pure noise."""
+        if self.dit is not None:
+            return self.dit(x_t, t, enc.context, enc.pad, enc.query)
         temb = self.time_mlp(timestep_embedding(t, self.geometry.decoder_dim))[:, None]
         return self.action_head(self._decode(enc, self.action_in(x_t) + temb))
 
@@ -338,7 +348,7 @@ class AtlasVLA(nn.Module):
     ) -> Tensor:
         """Predicted action chunk [B, chunk, action_dim] (normalised action space)."""
         enc = self.encode(images, input_ids, attention_mask, state)
-        if self.geometry.head != "flow":
+        if self.geometry.head not in FLOW_HEADS:
             return self.action_head(self._decode(enc))
         return self.sample_flow(enc, generator=generator, noise=noise)
 
@@ -391,7 +401,7 @@ class AtlasVLA(nn.Module):
         if action_mask is None:
             action_mask = torch.ones(actions.shape[:2], device=actions.device)
         weight = action_mask.to(actions.dtype)[..., None].expand_as(actions)
-        if g.head == "flow":
+        if g.head in FLOW_HEADS:
             b = actions.shape[0]
             dev = actions.device
             gen_dev = dev if generator is None else generator.device

@@ -316,8 +316,9 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- train
-# eval settings go into the training run's folder; worker counts do not change the data
-NOT_IDENTITY = ("eval", "collect.workers")
+# eval settings go into the training run's folder; worker counts do not change the data; the AtomVLA
+# world model and post-training come after SFT and have run folders of their own
+NOT_IDENTITY = ("eval", "collect.workers", "atom.worldmodel", "atom.posttrain")
 
 
 def run_config(cfg: VLAConfig) -> dict[str, Any]:
@@ -430,6 +431,11 @@ def train(cfg: VLAConfig) -> Path:
     if geometry.keypoints and geometry.views != len(keys):
         raise ValueError(f"model.views is {geometry.views} but sim.cameras gives {len(keys)} view(s) per frame; "
                          f"set model.views={len(keys)}")
+    subtask_labels = None
+    if cfg.atom.subtasks:  # AtomVLA Stage I: "task: … / now: …" (labels from `atlasva vla segment`)
+        from atlasva.vla.atom.progress import subtask_task_ids
+
+        tasks, task_ids, subtask_labels = subtask_task_ids(cfg.data.path or cfg.collect.dataset, tasks, task_ids)
     env_states = _aux_targets(cfg, geometry.aux_dim)
     train_levels = _training_levels(cfg, len(np.unique(episodes)))
     stats = {ACTION_KEY: compute_stats(actions)}
@@ -466,7 +472,7 @@ def train(cfg: VLAConfig) -> Path:
     ckpt = run.load_checkpoint()
     if ckpt is not None:
         tensors, state = ckpt
-        model.load_tensors({k: v for k, v in tensors.items() if not k.startswith("optim/")}, state["geometry"])
+        model.load_tensors({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, state["geometry"])
         _restore_optim(opt, tensors, state["optimizer_groups"])
         start = int(state["step"])
         run.truncate_metrics(start)
@@ -526,6 +532,11 @@ def train(cfg: VLAConfig) -> Path:
             save(done)
     if start >= cfg.train.steps and not run.checkpoints():
         save(start)
+    if subtask_labels is not None:
+        from atlasva.vla.atom.progress import fit_progress_head
+
+        fit_progress_head(cfg.atom.progress, run.path / "progress", model, data.images, data.states, subtask_labels)
+    run.plot_metrics(["train/loss", "train/aux_loss", "train/grad_norm", "train/lr"])
     run.close()
     _progress(f"training done: {run.path} ({time.time() - t0:.0f}s)")
     return run.path
@@ -626,22 +637,29 @@ class VLAPolicy:
             self.queries += 1
         return self._queue.popleft()
 
-    def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
-        """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame or S views [S, H, W, 3]."""
+    def observation_tensors(self, image: np.ndarray, state: np.ndarray | None) -> tuple[Any, Any]:
+        """The model's inputs for one frame or S views: uint8 [1, S, 3, H, W] (or [1, 3, H, W]) and the
+        normalised state [1, state_dim] (None without proprioception)."""
         torch = self._torch
         if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3:
             raise ValueError(f"expected a uint8 H×W×3 frame or [S, H, W, 3] views, got {image.dtype} {image.shape}")
         views = 1 if image.ndim == 3 else image.shape[0]
         if self.cameras is not None and views != len(self.cameras):
             raise ValueError(f"the checkpoint was trained on {len(self.cameras)} camera(s) {self.cameras}, got {views} view(s)")
-        if instruction not in self._tokens:
-            self._tokens[instruction] = self.model.text.tokenize([instruction])
-        ids, mask = self._tokens[instruction]
         x = torch.from_numpy(np.ascontiguousarray(image))
         x = (x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2))[None]
         st = None
         if self.geometry.state_dim:
             st = torch.from_numpy(self.norm.normalize(STATE_KEY, np.asarray(state, dtype=np.float32)[None]))
+        return x, st
+
+    def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
+        """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame or S views [S, H, W, 3]."""
+        torch = self._torch
+        x, st = self.observation_tensors(image, state)
+        if instruction not in self._tokens:
+            self._tokens[instruction] = self.model.text.tokenize([instruction])
+        ids, mask = self._tokens[instruction]
         with torch.no_grad():
             out = self.model(x, ids, mask, st, generator=torch.Generator().manual_seed(0))
         return self.norm.unnormalize(ACTION_KEY, out[0].numpy())
@@ -700,11 +718,23 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
         return libero.evaluate(cfg)
 
     torch.set_num_threads(max(1, cfg.eval.num_threads))
-    run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=True)
+    if cfg.eval.source == "posttrain":  # AtomVLA Stage II: the post-training run's checkpoint, summary there
+        from atlasva.vla.atom.posttrain import posttrain_run
+
+        run = posttrain_run(cfg, resume=True)
+    elif cfg.eval.source == "train":
+        run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=True)
+    else:
+        raise ValueError(f"eval.source must be 'train' or 'posttrain', got {cfg.eval.source!r}")
     loaded = run.load_checkpoint(Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else None)
     if loaded is None:
-        raise FileNotFoundError(f"no checkpoint in {run.path}; run `atlasva vla train` with the same config first")
-    policy = VLAPolicy(*loaded, execute_steps=cfg.eval.execute_steps)
+        raise FileNotFoundError(f"no checkpoint in {run.path}; run `atlasva vla {cfg.eval.source}` with the same config first")
+    if cfg.atom.subtasks:  # Stage I policies read "task: … / now: …"; the progress head says what now is
+        from atlasva.vla.atom.progress import SubtaskPolicy
+
+        policy: VLAPolicy = SubtaskPolicy.from_run(cfg, *loaded, execute_steps=cfg.eval.execute_steps)
+    else:
+        policy = VLAPolicy(*loaded, execute_steps=cfg.eval.execute_steps)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
     eval_levels = held_out_levels(cfg, loaded[1].get("train_levels"), run)
