@@ -348,6 +348,10 @@ class RunFolder:
 TRAIN_STAGES = ("sft", "rl")
 
 
+class SplitOverlapError(ValueError):
+    """Training and evaluation levels overlap: a held-out number would not be held out."""
+
+
 def split_report(levels: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Distinct training levels, distinct evaluation levels, and how many levels are in both."""
     levels = list(levels)

@@ -28,7 +28,7 @@ from atlasva.memory import SkillMemory
 from atlasva.policy import Policy
 from atlasva.rl import reward_variance_filter
 from atlasva.rollout.loop import AgentLoop, EpisodeRequest
-from atlasva.runs import RunFolder
+from atlasva.runs import RunFolder, SplitOverlapError  # noqa: F401  (SplitOverlapError: re-exported)
 from atlasva.train.config import TrainConfig
 from atlasva.train.estimators import compute_advantages, get_estimator
 from atlasva.train.ppo import build_batch, ppo_update
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 # settings that cannot change a result: not part of a run's identity (its folder hash)
 COSMETIC_KEYS = ("trainer.wandb", "trainer.inspect_every", "trainer.save_every")
-
-
-class SplitOverlapError(ValueError):
-    """Training and evaluation levels overlap: a held-out number would not be held out."""
 
 
 class Trainer:

@@ -796,8 +796,7 @@ def held_out_levels(cfg: VLAConfig, train_levels: list[dict[str, Any]] | None, r
     recorded with the checkpoint's training levels in the run's ``levels.jsonl``. Raises
     ``SplitOverlapError`` when one of them was trained on, and when the checkpoint does not say what it
     trained on (a held-out number needs both sides)."""
-    from atlasva.runs import split_report
-    from atlasva.train.trainer import SplitOverlapError
+    from atlasva.runs import SplitOverlapError, split_report
 
     if train_levels is None:
         raise SplitOverlapError("the checkpoint records no training levels (trained before held-out levels existed, or "
