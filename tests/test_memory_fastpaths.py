@@ -14,10 +14,9 @@ from atlasva.memory.atlas import (
     _group_advantages,
     batch_episode_cells,
     episode_cells,
-    walk_batch,
 )
 from atlasva.memory.exemplars import ExemplarBank, dhash, feature, fingerprint, make_exemplar, thumbnail
-from atlasva.memory.skills import SkillMiner
+from atlasva.memory.skills import SkillMiner, pattern_moves
 
 SUCCESS = [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]
 FAIL = [(0, 0), (0, 1), (1, 1)]
@@ -81,16 +80,15 @@ def test_batch_skill_counts_equal_summed_per_episode_counts():
             for j in range(3):
                 acc[j] += v[j]
     assert SkillMiner.batch_counts(items) == want
-    assert SkillMiner.batch_counts(items, walk=walk_batch([ep for ep, _ in items])) == want
-    # and the same as counting the events one by one
+    # and the same as counting the moves one by one
     ev: dict[tuple[str, str], list[float]] = {}
     for ep, g in items:
         if g is not None and ep.env_name == "toy":
-            for tile, action, failed, succ in SkillMiner.events(ep, g):
-                acc = ev.setdefault((tile, action), [0.0, 0.0, 0.0])
+            for pattern, action, failed in pattern_moves(ep, g):
+                acc = ev.setdefault((pattern, action), [0.0, 0.0, 0.0])
                 acc[0] += 1
                 acc[1] += failed
-                acc[2] += succ
+                acc[2] += ep.success
     assert want["toy"] == ev
 
 

@@ -44,6 +44,7 @@ _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
 SPAWN = 0.17  # objects start within |x|, |y| <= SPAWN
 MIN_SEP = 0.075
 GRASP_TOL = 0.03
+PLACE_TOL = 0.02  # a place is reported failed when the object rests farther (xy) from the commanded point
 LIFT = 0.1
 
 
@@ -311,7 +312,8 @@ class ManipulationEnv(AtlasEnv):
         assert m is not None  # canonical actions always match
         verb, args = m.group(1), [float(a) for a in m.group(2).split(",")]
         before, held_before = self._snapshot(), self.held
-        self._targets.append((self.turn, self._bin(args[0], args[1])))
+        target = self._bin(args[0], args[1])
+        self._targets.append((self.turn, target))
         if verb == "push":
             self._targets.append((self.turn, self._bin(args[3], args[4])))
         p = np.array(args[:3])
@@ -331,13 +333,27 @@ class ManipulationEnv(AtlasEnv):
             else:
                 self.opening = 0.0
             self._move([p[0], p[1], min(p[2] + LIFT, Z_RANGE[1])])
+            near = round(min(float(np.linalg.norm(self.obj_pos(n) - p)) for n in self.object_names), 4)
+            if best is None:  # closed on air
+                self._event("pick_failed", target, target_xyz=args[:3], reason="nothing_in_reach", nearest_object_m=near)
+            else:
+                self._event("pick", target, target_xyz=args[:3], object=best, nearest_object_m=near)
         elif verb == "place" and self.held is not None:
             grip = p - self._held_offset
+            placed = self.held
+            others = [float(np.hypot(*(self.obj_pos(n)[:2] - p[:2]))) for n in self.object_names if n != placed]
+            near = round(min(others), 4) if others else None  # xy distance of the target to the nearest other object
             self._move([grip[0], grip[1], max(self.gripper[2], grip[2] + LIFT)])
             self._move(grip, speed=self.speed / 2, stop_on_contact=True)
             self.held, self.opening = None, 0.06
             self._settle(20)
             self._move([self.gripper[0], self.gripper[1], self.gripper[2] + LIFT])
+            miss = float(np.hypot(*(self.obj_pos(placed)[:2] - p[:2])))
+            if miss > PLACE_TOL:  # it slid, toppled or landed on something else
+                self._event("place_failed", target, target_xyz=args[:3], reason="off_target", object=placed,
+                            miss_m=round(miss, 4), nearest_object_m=near)
+            else:
+                self._event("place", target, target_xyz=args[:3], object=placed, nearest_object_m=near)
         elif verb == "push" and self.held is None:
             q = np.array(args[3:])
             self.opening = 0.0
@@ -347,8 +363,11 @@ class ManipulationEnv(AtlasEnv):
             self._move(q, speed=self.speed / 3)
             self._set_pusher(False)
             self._move([q[0], q[1], min(q[2] + LIFT, Z_RANGE[1])])
-        else:
-            return False, 0.0, False  # pick while holding / place with an empty gripper / push while holding
+        else:  # pick while holding / place with an empty gripper / push while holding
+            if verb != "push":
+                self._event(f"{verb}_failed", target, target_xyz=args[:3],
+                            reason="already_holding" if verb == "pick" else "gripper_empty")
+            return False, 0.0, False
         self._settle(40)
         self._frame = None
         effective = bool(np.abs(self._snapshot() - before).max() > 0.002 or self.held != held_before)
@@ -542,7 +561,23 @@ class ManipulationEnv(AtlasEnv):
             "goals": goals,
             "goal_distance": dist.tolist(),
             "occupied": [list(o) for o in occupied],
+            # where the table-plane grid appears in the camera image (for overlays): (col, row, 1) -> (x/W, y/H, 1)
+            "table_to_image": self.table_to_image().tolist(),
         }
+
+    def table_to_image(self) -> np.ndarray:
+        """3×3 homography from table-plane grid coordinates (col, row, 1), in cells from the top-left
+        corner of cell [0, 0], to image coordinates normalised to [0, 1] (x / width, y / height, 1) in
+        the observation camera (pinhole model with MuJoCo's vertical field of view; z = 0 is the table)."""
+        m, d = self.model, self.data
+        cam = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_CAMERA, self.camera)
+        rot_t = d.cam_xmat[cam].reshape(3, 3).T  # world -> camera (x right, y up, looking along -z)
+        f = 0.5 * self.height / math.tan(math.radians(float(m.cam_fovy[cam])) / 2)
+        w = 2 * XY_RANGE / self.grid
+        grid_to_world = np.array([[w, 0.0, -XY_RANGE], [0.0, -w, XY_RANGE], [0.0, 0.0, 1.0]])  # -> (x, y, 1), z = 0
+        world_to_camera = np.column_stack([rot_t[:, 0], rot_t[:, 1], -rot_t @ d.cam_xpos[cam]])
+        camera_to_image = np.array([[f / self.width, 0.0, -0.5], [0.0, -f / self.height, -0.5], [0.0, 0.0, -1.0]])
+        return camera_to_image @ world_to_camera @ grid_to_world
 
     def solve(self) -> list[str]:
         """The scripted task plan from the current state (primitive actions, canonical form)."""
