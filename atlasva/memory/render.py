@@ -22,8 +22,8 @@ BOX_LEGEND = (
     "blue box = targets."
 )
 GRASP_LEGEND = (
-    "The table in the camera image is tinted where past picks and places were commanded: green = they "
-    "succeeded, red = they failed."
+    "The table in the camera image is tinted where past picks and places were aimed: red = they failed there, "
+    "green = they were part of successful attempts."
 )
 AGENT_RGB = (255, 255, 255)
 GOAL_RGB = (60, 120, 255)

@@ -147,7 +147,7 @@ def _thing(tile: str, env: str) -> str:
         return HAZARD_NAMES.get(env, "hazard")
     if tile == "G":
         return "target" if env == "sokoban" else "goal"
-    return {"#": "edge", "B": "box", "x": "dead corner", ".": "free space"}.get(tile, tile)
+    return {"#": "edge", "B": "box", "x": "dead square", ".": "free space"}.get(tile, tile)
 
 
 def _describe(pattern: str, env: str) -> str:

@@ -322,6 +322,7 @@ class ManipulationEnv(AtlasEnv):
             self._move([p[0], p[1], p[2] + LIFT])
             self._move(p, speed=self.speed / 2)
             best, best_d = None, GRASP_TOL
+            near = min(float(np.linalg.norm(self.obj_pos(n) - p)) for n in self.object_names)
             for n in self.object_names:
                 d = float(np.linalg.norm(self.obj_pos(n) - p))
                 if d <= best_d:
@@ -333,11 +334,11 @@ class ManipulationEnv(AtlasEnv):
             else:
                 self.opening = 0.0
             self._move([p[0], p[1], min(p[2] + LIFT, Z_RANGE[1])])
-            near = round(min(float(np.linalg.norm(self.obj_pos(n) - p)) for n in self.object_names), 4)
             if best is None:  # closed on air
-                self._event("pick_failed", target, target_xyz=args[:3], reason="nothing_in_reach", nearest_object_m=near)
+                self._event("pick_failed", target, target_xyz=args[:3], reason="nothing_in_reach",
+                            nearest_object_m=round(near, 4))
             else:
-                self._event("pick", target, target_xyz=args[:3], object=best, nearest_object_m=near)
+                self._event("pick", target, target_xyz=args[:3], object=best, nearest_object_m=round(near, 4))
         elif verb == "place" and self.held is not None:
             grip = p - self._held_offset
             placed = self.held
@@ -348,12 +349,6 @@ class ManipulationEnv(AtlasEnv):
             self.held, self.opening = None, 0.06
             self._settle(20)
             self._move([self.gripper[0], self.gripper[1], self.gripper[2] + LIFT])
-            miss = float(np.hypot(*(self.obj_pos(placed)[:2] - p[:2])))
-            if miss > PLACE_TOL:  # it slid, toppled or landed on something else
-                self._event("place_failed", target, target_xyz=args[:3], reason="off_target", object=placed,
-                            miss_m=round(miss, 4), nearest_object_m=near)
-            else:
-                self._event("place", target, target_xyz=args[:3], object=placed, nearest_object_m=near)
         elif verb == "push" and self.held is None:
             q = np.array(args[3:])
             self.opening = 0.0
@@ -370,6 +365,13 @@ class ManipulationEnv(AtlasEnv):
             return False, 0.0, False
         self._settle(40)
         self._frame = None
+        if verb == "place":  # judged once the object has come to rest
+            miss = float(np.hypot(*(self.obj_pos(placed)[:2] - p[:2])))
+            if miss > PLACE_TOL:  # it slid, toppled or landed on something else
+                self._event("place_failed", target, target_xyz=args[:3], reason="off_target", object=placed,
+                            miss_m=round(miss, 4), nearest_object_m=near)
+            else:
+                self._event("place", target, target_xyz=args[:3], object=placed, nearest_object_m=near)
         effective = bool(np.abs(self._snapshot() - before).max() > 0.002 or self.held != held_before)
         stage = self._stage_now()
         reward = 0.0
