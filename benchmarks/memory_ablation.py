@@ -69,9 +69,11 @@ ENVS: dict[str, dict[str, Any]] = {
     # way the env's hazard list (the holes themselves) does not say
     "frozenlake-slippery": {"env": "frozenlake", "config": {"size": 8, "slip_prob": 0.2}, "max_turns": 60,
                             "budget": 6000},
-    "navigation": {"config": {"size": 12, "width": 64}, "max_turns": 60, "budget": 6000,
+    "navigation": {"config": {"size": 12, "width": 64}, "max_turns": 60, "budget": 4000,
                    "actions": ("move_forward", "move_backward", "move_left", "move_right", "turn_left", "turn_right")},
-    "manipulation": {"config": {"task": "align_two_cubes", "grid": 25, "width": 96}, "max_turns": 6, "budget": 900,
+    # grid 25: 2 cm table cells; speed 2: the gripper moves 2 m/s (half the simulated steps of the default 0.8)
+    "manipulation": {"config": {"task": "align_two_cubes", "grid": 25, "width": 96, "speed": 2.0}, "max_turns": 6,
+                     "budget": 600,
                      "learner": "corrections"},
     "frozenlake": {"config": {"size": 8}, "max_turns": 60, "budget": 6000},  # not in the default run
 }

@@ -74,7 +74,7 @@ def test_box_view_without_learning_is_the_push_distance_heuristic(sok):
         dead[r, c] = 1
     np.testing.assert_array_equal(v.object_danger, dead)
     cfg = MemoryConfig()
-    np.testing.assert_allclose(v.object_phi, cfg.object_weight * cfg.lam * (v.object_affinity - v.object_danger), rtol=1e-6)
+    np.testing.assert_allclose(v.object_phi, cfg.box_weight * cfg.lam * (v.object_affinity - v.object_danger), rtol=1e-6)
 
 
 def test_box_shaping_is_potential_based_over_player_and_boxes(sok):
@@ -160,7 +160,7 @@ def test_grasp_atlas_keeps_pick_and_place_outcomes_by_target_and_shapes_at_the_g
     meta = episode_meta("manip", "T", GRASP_H)
     v = snap.level_view(meta)
     cfg = mem.config
-    grasp_phi = cfg.object_weight * cfg.lam * (v.object_affinity - v.object_danger)
+    grasp_phi = cfg.grasp_weight * cfg.lam * (v.object_affinity - v.object_danger)
     np.testing.assert_allclose(v.object_phi, grasp_phi, rtol=1e-6)
     # Φ at the gripper cell = agent part + grasp part; F over a pick at (0,2) from (2,0)
     phi = v.phi + v.object_phi
