@@ -12,7 +12,7 @@ from atlasva import envs
 from atlasva.envs.navigation.scene import HEADING_STEPS, HEADINGS
 from atlasva.memory import MemoryConfig, SkillMemory
 from atlasva.memory.atlas import LevelGeometry
-from atlasva.memory.skills import MAX_WORDS, SkillMiner, grid_window, pattern_moves
+from atlasva.memory.skills import MAX_WORDS, SkillMiner, _nav_key, grid_window, pattern_moves
 from atlasva.rollout.episode import Episode, Turn
 
 LAKE = ["P_O", "___", "__G"]  # start (0,0), a hole at (0,2), the goal at (2,2)
@@ -114,14 +114,28 @@ def test_pattern_moves_count_bumps_fatal_moves_and_events():
 
 
 def test_wilson_threshold_caps_and_word_limit():
-    m = SkillMiner(min_support=5, threshold=0.6, max_rules=3)
     long = "grid:" + "HHHHBHH@H"
     batch = [(long, a, True, False) for a in ("Up", "Down", "Left", "Right") for _ in range(9)]
     batch += [("grid:....G..@.", "Up", False, True) for _ in range(4)]  # support 4 < 5: no rule
-    batch += [("grid:.........", "Left", i < 3, False) for i in range(5)]  # 3/5: Wilson 0.23 < 0.6
+    batch += [("grid:.........", "Left", i < 3, False) for i in range(5)]  # 3/5 = 0.6, but Wilson 0.23 < 0.6
+    m = SkillMiner(min_support=5, threshold=0.6, max_rules=8)
     m.update([("toy", batch)])
-    assert len(m.rules) == 3 and {r.pattern for r in m.rules} == {long}
+    assert len(m.rules) == 4 and {r.pattern for r in m.rules} == {long}
     assert all(len(r.text().split()) <= MAX_WORDS for r in m.rules)
+    capped = SkillMiner(min_support=5, threshold=0.6, max_rules=3)
+    capped.update([("toy", batch)])
+    assert len(capped.rules) == 3
+
+
+def test_navigation_key_names_the_target_side_and_the_blocked_sides():
+    # a 5×5 room: blocked cells at (1,2) and (2,3); the agent at (2,2)
+    g = LevelGeometry.from_heuristics({"shape": [5, 5], "hazard": [[1, 2], [2, 3]], "goals": [[2, 0]]})
+    north, east = 0, 1
+    assert _nav_key(g, (2, 2), north, (2, 0)) == "nav:left:ahead,right"  # target west, facing north
+    assert _nav_key(g, (2, 2), east, (2, 0)) == "nav:behind:ahead,left"  # facing east: (2,3) ahead, (1,2) left
+    assert _nav_key(g, (2, 2), north, (4, 3)) == "nav:behind:ahead,right"
+    assert _nav_key(g, (2, 2), east, (1, 4)) == "nav:ahead:ahead,left"
+    assert _nav_key(g, (0, 0), north, (0, 0)) == "nav:here:ahead,left"  # the grid edge blocks too
 
 
 @pytest.mark.parametrize("env", ["frozenlake", "sokoban", "navigation", "manipulation"])
