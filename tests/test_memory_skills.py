@@ -151,3 +151,13 @@ def test_every_env_has_pattern_keys(env):
         ep = play(e, [[a] for a in e.action_names[:4]], seed=4)
         keys = pattern_moves(ep, LevelGeometry.from_heuristics(ep.heuristics))
     assert keys and all(k.startswith(prefix) for k, _, _ in keys)
+
+
+def test_prefer_rules_must_beat_the_base_rate_of_success_path_moves():
+    goal = "grid:....G..@."
+    m = SkillMiner(min_support=10, threshold=0.6)
+    m.update([("toy", [(goal, "Up", False, True)] * 20 + [("grid:.........", "Left", False, True)] * 200)])
+    assert m.rules == []  # every move lies on a successful path: Up-into-the-goal says nothing more
+    m2 = SkillMiner(min_support=10, threshold=0.6)
+    m2.update([("toy", [(goal, "Up", False, True)] * 20 + [("grid:.........", "Left", False, i < 50) for i in range(200)])])
+    assert [r.text() for r in m2.rules] == ["Prefer Up into the goal: it was on successful paths 100% of 20 times."]

@@ -7,7 +7,8 @@ far a pick/place target lay from the nearest object. For each (env, pattern, act
 counts N, failures (the move changed nothing, ended the episode in failure, or raised a failure
 event: deadlock, collision, failed pick/place) and success-path uses (the move was part of a successful
 episode). A rule is emitted when N ≥ min_support and the Wilson lower bound of its rate clears the
-threshold ("Avoid …" for failures, "Prefer …" for success paths); each later update where the key occurs
+threshold ("Avoid …" for failures; "Prefer …" for success paths, which must also clear the env's base rate
+of success-path moves); each later update where the key occurs
 votes +1 (the batch rate agrees, ≥ 0.5) or −1; a rule whose score falls below 0 is dropped. At most
 ``max_rules`` rules per env of at most 32 words are kept, ranked by support × confidence.
 """
@@ -160,11 +161,12 @@ def _describe(pattern: str, env: str) -> str:
             return _thing(t, env) if t == "." else ("the " if t in "#G" else "a ") + _thing(t, env)
 
         ahead, two = body[4], body[1]
-        main = f"pushing a box into {a_(two)}" if ahead == "B" else f"into {a_(ahead)}"
+        # dead squares matter for boxes only: named where a push would put a box, else free space
+        main = f"pushing a box into {a_(two)}" if ahead == "B" else f"into {a_('.' if ahead == 'x' else ahead)}"
         groups: dict[str, list[str]] = {}
         for k in WINDOW_ORDER:
             t = body[k]
-            if t not in ".#" and not (k == 1 and ahead == "B"):
+            if t not in ".#x" and not (k == 1 and ahead == "B"):
                 groups.setdefault(t, []).append(WINDOW_NAMES[k])
         context = "; ".join(f"{_thing(t, env)}{'s' if len(p) > 1 else ''} {'/'.join(p)}" for t, p in groups.items())
         return f"{main} ({context})" if context else main
@@ -335,15 +337,22 @@ class SkillMiner:
             if rule.score >= 0:
                 kept.append(rule)
         have = {r.key() for r in kept}
+        # a prefer rule must beat the env's base rate of success-path moves, not only the threshold: once
+        # a learner mostly succeeds, every move lies on a successful path and says nothing
+        totals: dict[str, list[float]] = {}
+        for (env, _, _), (n, _, s) in self.stats.items():
+            t = totals.setdefault(env, [0.0, 0.0])
+            t[0] += n
+            t[1] += s
         for (env, pattern, action), (n, f, s) in self.stats.items():
             if n < self.min_support:
                 continue
-            cands = [("avoid", f)]
+            cands = [("avoid", f, self.threshold)]
             if _prefer_allowed(pattern):
-                cands.append(("prefer", s))
-            for kind, x in cands:
+                cands.append(("prefer", s, max(self.threshold, totals[env][1] / totals[env][0])))
+            for kind, x, bar in cands:
                 conf = wilson_lower(x, n)
-                if conf >= self.threshold and (env, pattern, action, kind) not in have:
+                if conf >= bar and (env, pattern, action, kind) not in have:
                     kept.append(Rule(env, pattern, action, kind, int(n), x / n, conf))
                     have.add((env, pattern, action, kind))
         kept.sort(key=lambda r: (r.support * r.confidence, r.env, r.pattern, r.action), reverse=True)
