@@ -8,7 +8,11 @@ Arms (same budget of primitive env steps; 10 fresh test levels × 3 learner seed
   this includes the box layer's push-distance heuristic);
 - ``canonical``  — memory learned beforehand on *other* levels (goal-relative scope), frozen on the test level;
 - ``instance``   — memory learned on the test level while the agent plays it (instance scope), updated
-  every ``batch`` episodes (a new snapshot each time).
+  every ``batch`` episodes (a new snapshot each time);
+- ``oracle``     — not a memory: the upper bound of what any potential can do for the learner, Φ(s) =
+  0.1·V*(s) with V* the optimal value (γ^(d−1) for the fewest d actions to success on Sokoban and
+  navigation; value iteration on the slippery lake; none for manipulation). No cell atlas can give a
+  better potential than V* itself, so when the oracle does not beat ``heuristics`` by 1.5×, no memory can.
 
 Learners (one primitive action per turn, driving the real envs through ``env.step(formats.answer([a],
 "no_think"))``; the reward they learn from is ``r_env + F`` with ``F = snapshot.shaping(meta,
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,6 +66,7 @@ UPDATE_BATCH = 16  # episodes per memory update in the cost measurement
 REPEATS = 5  # cost passes; the median is reported
 ARMS = ("none", "heuristics", "canonical", "instance")
 LEARNED = ("canonical", "instance")
+ORACLE_ENVS = ("sokoban", "frozenlake-slippery", "frozenlake", "navigation")
 TEST_SEED0, TRAIN_SEED0 = 100_000, 1  # test levels 100000 + 17 i; canonical training levels 1 + 31 i (disjoint)
 ENVS: dict[str, dict[str, Any]] = {
     "sokoban": {"config": {"dim_room": (6, 6), "num_boxes": 1, "min_solution_length": 8}, "max_turns": 60,
@@ -158,7 +164,35 @@ def make_learner(env, spec: dict[str, Any], rng: np.random.Generator):
     return LEARNERS[spec.get("learner", "q")](env, spec, rng)
 
 
-def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left: int, frames: bool = False) -> Episode:
+class Oracle:
+    """Φ(s) = 0.1 × V*(s) of the state the env is in (cached per level and state): the benchmark's upper
+    bound on shaping, not a memory."""
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+        self.cache: dict[Any, Any] = {}
+
+    def potential(self, env, state_key: tuple) -> float:
+        key = (env.level_hash, state_key)
+        v = self.cache.get(key)
+        if v is None:
+            if env.env_name == "frozenlake":  # value iteration with the slips, at the learner's γ
+                q = self.cache.get(("q", env.level_hash))
+                if q is None:
+                    q = self.cache[("q", env.level_hash)] = env._q_values(self.gamma)
+                v = float(q[tuple(env.pos)].max())
+            else:  # deterministic: the fewest primitive actions d to success, reward γ^(d−1) away
+                try:
+                    plan = env.solve()
+                except RuntimeError:  # unreachable from here
+                    plan = []
+                v = self.gamma ** (len(plan) - 1) if plan else 0.0
+            self.cache[key] = v
+        return 0.1 * v
+
+
+def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left: int, frames: bool = False,
+                oracle: Oracle | None = None) -> Episode:
     """One ε-greedy Q-learning episode on the real env; returns its Episode record (events attached)."""
     obs, info = env.reset(seed=seed)
     if getattr(env, "slip_prob", 0) > 0:
@@ -173,6 +207,7 @@ def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left:
     state = info["state"]
     s = learner.key(state)
     rng = learner.rng
+    phi = oracle.potential(env, s) if oracle is not None else 0.0
     term = trunc = False
     while not (term or trunc) and steps_left > 0:
         qs = q.setdefault(s, np.zeros(n_act))
@@ -189,6 +224,9 @@ def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left:
         meta["cell"] = info["cells"][-1]
         state = info["state"]
         s2 = learner.key(state)
+        if oracle is not None:
+            phi2 = 0.0 if term else oracle.potential(env, s2)
+            f, phi = qc.gamma * phi2 - phi, phi2
         target = info["reward_components"]["env"] + f + (0.0 if term else qc.gamma * q.setdefault(s2, np.zeros(n_act)).max())
         qs[a] += qc.alpha * (target - qs[a])
         turn = Turn(prompt_text="", response_text=text, actions=info["actions"], cells=info["cells"],
@@ -206,7 +244,7 @@ def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left:
 
 
 def learn(env, spec: dict[str, Any], seed: int, budget: int, qc: QConfig, rng: np.random.Generator,
-          memory: SkillMemory | None, update: bool, frames: bool = False) -> RunLog:
+          memory: SkillMemory | None, update: bool, frames: bool = False, oracle: Oracle | None = None) -> RunLog:
     log = RunLog()
     q: dict = {}
     learner = make_learner(env, spec, rng)
@@ -214,7 +252,7 @@ def learn(env, spec: dict[str, Any], seed: int, budget: int, qc: QConfig, rng: n
     batch: list[Episode] = []
     snap = memory.snapshot() if memory is not None else None
     while used < budget:
-        ep = run_episode(env, seed, learner, q, qc, snap, budget - used, frames)
+        ep = run_episode(env, seed, learner, q, qc, snap, budget - used, frames, oracle)
         used += ep.n_turns
         log.ends.append(used)
         log.success.append(ep.success)
@@ -266,12 +304,13 @@ def one_run(job: tuple) -> tuple:
     env = _WORKER_ENVS.get(name)
     if env is None:
         env = _WORKER_ENVS[name] = make_env(name, spec)
-    cfg = arm_config(arm)
+    cfg = arm_config(arm) if arm != "oracle" else None
     mem = canonical if arm == "canonical" else (SkillMemory(cfg) if cfg is not None else None)
     # the learner's stream depends on (level, seed), not on the arm: paired runs see the same calibration
     # error (manipulation) and start from the same random numbers
     rng = np.random.default_rng([level, k])
-    return (name, level, k, arm), learn(env, spec, level, budget, qc, rng, mem, update=arm == "instance")
+    oracle = Oracle(qc.gamma) if arm == "oracle" else None
+    return (name, level, k, arm), learn(env, spec, level, budget, qc, rng, mem, update=arm == "instance", oracle=oracle)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -324,28 +363,36 @@ def ratio_ci(curves_h: np.ndarray, curves_l: np.ndarray, grid: np.ndarray, n: in
 
 
 def summarize(name: str, spec: dict[str, Any], logs: dict[str, list[RunLog]], budget: int) -> dict[str, Any]:
+    arms = list(logs)
+    compared = [a for a in arms if a in LEARNED or a == "oracle"]  # set against the heuristics arm
     grid = np.linspace(budget / 100, budget, 100)
     window = 10
-    per_run = {a: np.stack([curve(lg, grid, window) for lg in logs[a]]) for a in ARMS}
-    mean = {a: per_run[a].mean(0) for a in ARMS}
+    per_run = {a: np.stack([curve(lg, grid, window) for lg in logs[a]]) for a in arms}
+    mean = {a: per_run[a].mean(0) for a in arms}
     tail = grid >= 0.9 * budget
-    final = {a: np.asarray([final_success(lg, budget) for lg in logs[a]]) for a in ARMS}
+    final = {a: np.asarray([final_success(lg, budget) for lg in logs[a]]) for a in arms}
+    auc = {a: per_run[a].mean(1) for a in arms}  # mean success over the whole budget, per run
     target = float(mean["none"][tail].mean())
-    reach = {a: steps_to(mean[a], grid, target) for a in ARMS}
+    reach = {a: steps_to(mean[a], grid, target) for a in arms}
     target_h = float(mean["heuristics"][tail].mean())
-    reach_h = {a: steps_to(mean[a], grid, target_h) for a in ARMS}
-    vs_h = {a: (reach_h["heuristics"] / reach_h[a] if math.isfinite(reach_h[a]) else 0.0) for a in LEARNED}
+    reach_h = {a: steps_to(mean[a], grid, target_h) for a in arms}
+    vs_h = {a: (reach_h["heuristics"] / reach_h[a] if math.isfinite(reach_h[a]) else 0.0) for a in compared}
     best = max(LEARNED, key=lambda a: (vs_h[a], final[a].mean()))
     first = {a: float(np.mean([next((i + 1 for i, s in enumerate(lg.success) if s), len(lg.success) + 1)
-                               for lg in logs[a]])) for a in ARMS}
-    diff = {a: final[a] - final["heuristics"] for a in LEARNED}
+                               for lg in logs[a]])) for a in arms}
+    diff = {a: final[a] - final["heuristics"] for a in compared}
+    diff_auc = {a: auc[a] - auc["heuristics"] for a in compared}
     return {
-        "budget": budget, "runs": len(logs["none"]), "grid": grid.tolist(), "mean_curve": {a: mean[a].tolist() for a in ARMS},
-        "final_success": {a: float(final[a].mean()) for a in ARMS},
-        "final_success_ci95": {a: bootstrap_ci(final[a]) for a in ARMS},
-        "final_success_per_run": {a: final[a].tolist() for a in ARMS},
-        "diff_vs_heuristics": {a: float(diff[a].mean()) for a in LEARNED},
-        "diff_vs_heuristics_ci95": {a: bootstrap_ci(diff[a]) for a in LEARNED},
+        "budget": budget, "runs": len(logs["none"]), "arms": arms, "grid": grid.tolist(),
+        "mean_curve": {a: mean[a].tolist() for a in arms},
+        "final_success": {a: float(final[a].mean()) for a in arms},
+        "final_success_ci95": {a: bootstrap_ci(final[a]) for a in arms},
+        "final_success_per_run": {a: final[a].tolist() for a in arms},
+        "diff_vs_heuristics": {a: float(diff[a].mean()) for a in compared},
+        "diff_vs_heuristics_ci95": {a: bootstrap_ci(diff[a]) for a in compared},
+        "mean_success_over_budget": {a: float(auc[a].mean()) for a in arms},
+        "auc_diff_vs_heuristics": {a: float(diff_auc[a].mean()) for a in compared},
+        "auc_diff_vs_heuristics_ci95": {a: bootstrap_ci(diff_auc[a]) for a in compared},
         "target_rate": target, "steps_to_target": reach, "heuristics_final_rate": target_h,
         "steps_to_heuristics_final": reach_h, "vs_heuristics_by_arm": vs_h,
         "vs_heuristics_ci95": ratio_ci(per_run["heuristics"], per_run[best], grid),
@@ -433,19 +480,22 @@ def costs_only(envs: list[str], n_episodes: int) -> dict[str, dict[str, float]]:
 def report(name: str, r: dict[str, Any], n_levels: int, n_seeds: int, n_train: int, learner: str) -> None:
     print(f"\n== {name}: {n_levels} fresh levels x {n_seeds} seeds, budget {r['budget']} primitive steps per arm, "
           f"canonical memory from {n_train} other levels, learner: {learner} ==")
-    print(f"{'arm':<11} {'final success [95% CI]':>24} {'steps to target':>16} {'ep. to 1st success':>19}"
-          "   mean success at 25/50/75/100% of budget")
-    for a in ARMS:
+    print(f"{'arm':<11} {'final success [95% CI]':>24} {'mean over budget':>17} {'steps to target':>16} "
+          f"{'ep. to 1st success':>19}   mean success at 25/50/75/100% of budget")
+    for a in r["arms"]:
         c = np.asarray(r["mean_curve"][a])
         marks = " ".join(f"{c[min(len(c) - 1, int(len(c) * q) - 1)]:.2f}" for q in (0.25, 0.5, 0.75, 1.0))
         lo, hi = r["final_success_ci95"][a]
         rs = f"{r['steps_to_target'][a]:.0f}" if math.isfinite(r["steps_to_target"][a]) else "never"
         fs = f"{r['final_success'][a]:.2f} [{lo:.2f}, {hi:.2f}]"
-        print(f"{a:<11} {fs:>24} {rs:>16} {r['episodes_to_first_success'][a]:>19.1f}   {marks}")
-    diffs = "; ".join(f"{a} {r['diff_vs_heuristics'][a]:+.3f} [{r['diff_vs_heuristics_ci95'][a][0]:+.3f}, "
-                      f"{r['diff_vs_heuristics_ci95'][a][1]:+.3f}]" for a in LEARNED)
-    print(f"final success minus heuristics (paired over {r['runs']} runs, 95% CI): {diffs}")
-    by_arm = ", ".join(f"{a} {r['vs_heuristics_by_arm'][a]:.1f}x" for a in LEARNED)
+        print(f"{a:<11} {fs:>24} {r['mean_success_over_budget'][a]:>17.2f} {rs:>16} "
+              f"{r['episodes_to_first_success'][a]:>19.1f}   {marks}")
+    compared = list(r["diff_vs_heuristics"])
+    for key, what in (("diff_vs_heuristics", "final success"), ("auc_diff_vs_heuristics", "mean success over the budget")):
+        diffs = "; ".join(f"{a} {r[key][a]:+.3f} [{r[key + '_ci95'][a][0]:+.3f}, {r[key + '_ci95'][a][1]:+.3f}]"
+                          for a in compared)
+        print(f"{what} minus heuristics (paired over {r['runs']} runs, 95% CI): {diffs}")
+    by_arm = ", ".join(f"{a} {r['vs_heuristics_by_arm'][a]:.1f}x" for a in compared)
     print(f"target (none's final rate) = {r['target_rate']:.2f}; heuristics' final rate = {r['heuristics_final_rate']:.2f}; "
           f"vs heuristics by arm: {by_arm}; best learned arm: {r['best_learned_arm']}")
     print(f"speedup: {r['speedup']:.1f}x")
@@ -454,7 +504,7 @@ def report(name: str, r: dict[str, Any], n_levels: int, n_seeds: int, n_train: i
     best = r["best_learned_arm"]
     met = r["diff_vs_heuristics_ci95"][best][0] > 0 and r["vs_heuristics"] >= 1.5
     worse = [a for a in LEARNED if r["diff_vs_heuristics_ci95"][a][1] < 0]
-    print(f"goal (difference CI above 0 and vs heuristics >= 1.5x): {'met' if met else 'not met'}; "
+    print(f"goal (final-success difference CI above 0 and vs heuristics >= 1.5x): {'met' if met else 'not met'}; "
           f"learned arms worse than heuristics beyond noise: {', '.join(worse) if worse else 'none'}")
     p = r["perf"]
     print(f"update cost: {p['update_ratio']:.3f}x of an env step+render per episode step (batches of {UPDATE_BATCH} episodes) "
@@ -471,8 +521,8 @@ def plot(results: dict[str, Any], out: str) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
-        for a in ARMS:
-            ax.plot(r["grid"], r["mean_curve"][a], label=a)
+        for a in r["arms"]:
+            ax.plot(r["grid"], r["mean_curve"][a], label=a, ls="--" if a == "oracle" else "-")
         ax.axhline(r["heuristics_final_rate"], color="grey", ls=":", lw=1)
         ax.set_title(f"{name}: speedup {r['speedup']:.1f}x, vs heuristics {r['vs_heuristics']:.1f}x", fontsize=10)
         ax.set_xlabel("primitive env steps")
@@ -504,6 +554,7 @@ def main() -> None:
     ap.add_argument("--budget-scale", type=float, default=1.0)
     ap.add_argument("--envs", default=DEFAULT_ENVS)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes for the runs")
+    ap.add_argument("--no-oracle", dest="oracle", action="store_false", help="leave out the oracle-potential arm")
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     ap.add_argument("--costs-only", action="store_true",
                     help="only the cost measurement (update per episode step, injection per observation)")
@@ -534,14 +585,23 @@ def main() -> None:
         train_levels = [TRAIN_SEED0 + 31 * i for i in range(args.train_levels)]
         t0 = time.perf_counter()
         canonical = pretrain_canonical(name, spec, train_levels, budget // 2, qc)
+        arms = ARMS + (("oracle",) if args.oracle and name in ORACLE_ENVS else ())
         jobs = [(name, spec, lv, k, arm, budget, qc, canonical if arm == "canonical" else None, dict(MEMORY_OVERRIDES))
-                for lv in test_levels for k in range(args.seeds) for arm in ARMS]
-        logs: dict[str, list[RunLog]] = {a: [] for a in ARMS}
+                for lv in test_levels for k in range(args.seeds) for arm in arms]
+        logs: dict[str, list[RunLog]] = {a: [] for a in arms}
+        bar = tqdm(total=len(jobs), desc=f"{name} runs", file=sys.stderr)
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                done = list(pool.map(one_run, jobs, chunksize=1))
+                done = []
+                for res in pool.map(one_run, jobs, chunksize=1):
+                    done.append(res)
+                    bar.update()
         else:
-            done = [one_run(j) for j in jobs]
+            done = []
+            for j in jobs:
+                done.append(one_run(j))
+                bar.update()
+        bar.close()
         for (_, _, _, arm), log in done:  # in job order: runs are paired by (level, seed) across arms
             logs[arm].append(log)
         r = summarize(name, spec, logs, budget)

@@ -19,6 +19,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from atlasva.memory.atlas import LevelGeometry, replay_boxes, turn_events
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
@@ -61,55 +63,69 @@ def _rotate(direction: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int
     return (dr, dc), (-dc, dr)
 
 
-def window_table(geom: LevelGeometry) -> dict[tuple[int, int, int], list[str]]:
-    """The static 3×3 windows (walls/hazards, goals, dead corners, the grid edge) per (row, col, direction
-    index into DIRECTIONS) of the cell a move *enters*; cached on the geometry. Boxes are added per move."""
+_ROTATIONS = [_rotate(d) for d in DIRECTIONS.values()]
+DIRECTIONS_INDEX = {name: (i, d) for i, (name, d) in enumerate(DIRECTIONS.items())}
+_GRID_MOVES: dict[str, tuple[int, tuple[int, int]] | None] = {}  # action string -> (direction index, step)
+_NOT_GRID: set[str] = set()
+
+
+def window_table(geom: LevelGeometry) -> dict[tuple[int, int, int], str]:
+    """The static 3×3 windows (walls/hazards, goals, dead squares, the grid edge) per (row, col, direction
+    index into DIRECTIONS) of the cell a move *enters*, as 9-character strings; cached on the geometry.
+    Boxes are added per move."""
     cached = geom._cache.get("windows")
     if cached is not None:
         return cached
     h, w = geom.shape
-    goals = set(geom.goals)
-    table: dict[tuple[int, int, int], list[str]] = {}
-    for di, d in enumerate(DIRECTIONS.values()):
-        f, left = _rotate(d)
+    tiles = np.full((h, w), ord("."), dtype=np.uint8)
+    tiles[geom.deadlock] = ord("x")
+    for r, c in geom.goals:
+        if 0 <= r < h and 0 <= c < w:
+            tiles[r, c] = ord("G")
+    tiles[geom.hazard] = ord("H")
+    padded = np.full((h + 2, w + 2), ord("#"), dtype=np.uint8)  # one ring of "off the grid"
+    padded[1:-1, 1:-1] = tiles
+    table: dict[tuple[int, int, int], str] = {}
+    for di, (f, left) in enumerate(_ROTATIONS):
+        planes = []
+        for k in range(9):
+            i, j = divmod(k, 3)
+            dr, dc = (1 - i) * f[0] + (1 - j) * left[0], (1 - i) * f[1] + (1 - j) * left[1]
+            planes.append(np.full((h, w), ord("@"), np.uint8) if k == 7 else padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w])
+        words = np.ascontiguousarray(np.stack(planes, axis=-1)).view("S9").reshape(h, w)
         for r in range(h):
             for c in range(w):
-                win = []
-                for k in range(9):
-                    i, j = divmod(k, 3)
-                    rr, cc = r + (1 - i) * f[0] + (1 - j) * left[0], c + (1 - i) * f[1] + (1 - j) * left[1]
-                    if k == 7:
-                        win.append("@")
-                    elif not (0 <= rr < h and 0 <= cc < w):
-                        win.append("#")
-                    elif geom.hazard[rr, cc]:
-                        win.append("H")
-                    elif (rr, cc) in goals:
-                        win.append("G")
-                    elif geom.deadlock[rr, cc]:
-                        win.append("x")
-                    else:
-                        win.append(".")
-                table[(r, c, di)] = win
+                table[(r, c, di)] = words[r, c].decode("ascii")
     geom._cache["windows"] = table
     return table
 
 
+OFF_GRID = "#" * 9  # a move off the grid (the env kept the agent in place): nothing is known there
+
+
 def grid_window(geom: LevelGeometry, entered: tuple[int, int], direction: str, boxes: set[tuple[int, int]]) -> str:
     """The rotated 3×3 window (9 characters, row by row) around the cell a grid move enters."""
-    di = _DIR_ORDER.index(direction)
-    win = window_table(geom).get((entered[0], entered[1], di))
-    if win is None:  # a move off the grid (the env kept the agent in place): nothing is known there
-        return "#########"
+    return _window(window_table(geom), entered[0], entered[1], _DIR_ORDER.index(direction), boxes)
+
+
+def _window(table: dict[tuple[int, int, int], str], r: int, c: int, di: int, boxes: Any) -> str:
+    win = table.get((r, c, di))
+    if win is None:
+        return OFF_GRID
     if boxes:
-        f, left = _rotate(DIRECTIONS[direction])
-        win = list(win)
+        f, left = _ROTATIONS[di]
+        chars = None
         for b in boxes:
-            rel = (b[0] - entered[0], b[1] - entered[1])
-            i, j = 1 - (rel[0] * f[0] + rel[1] * f[1]), 1 - (rel[0] * left[0] + rel[1] * left[1])
-            if 0 <= i <= 2 and 0 <= j <= 2 and (i, j) != (2, 1) and abs(rel[0]) + abs(rel[1]) <= 2:
-                win[3 * i + j] = "B"
-    return "".join(win)
+            dr, dc = b[0] - r, b[1] - c
+            if abs(dr) + abs(dc) > 2:
+                continue
+            i, j = 1 - (dr * f[0] + dc * f[1]), 1 - (dr * left[0] + dc * left[1])
+            if 0 <= i <= 2 and 0 <= j <= 2 and (i, j) != (2, 1):
+                chars = chars or list(win)
+                chars[3 * i + j] = "B"
+        if chars is not None:
+            return "".join(chars)
+    return win
 
 
 def _nav_key(geom: LevelGeometry, cell: tuple[int, int], heading: int, target: tuple[int, int]) -> str:
@@ -194,39 +210,57 @@ def pattern_moves(episode: Any, geom: LevelGeometry) -> list[tuple[str, str, boo
     episode in a terminal failure, or raised a failure event (deadlock, collision, failed pick/place).
     """
     out: list[tuple[str, str, bool]] = []
-    n_turns = len(episode.turns)
-    boxes = set(geom.boxes)
+    turns = episode.turns
+    last_turn = len(turns) - 1
+    failed_episode = episode.outcome == "failure"
+    boxes = set(geom.boxes) if geom.boxes else None
+    table = None
     state = getattr(episode, "start_state", None) or {}
-    for ti, turn in enumerate(episode.turns):
+    for ti, turn in enumerate(turns):
         events = turn_events(turn)
-        failed_steps = {int(e.get("step", -1)) for e in events if e.get("kind") in FAILURE_EVENTS}
-        for e in events:
-            kind = e.get("kind")
-            if kind in GRASP_KINDS:
-                verb = kind.split("_")[0]
-                out.append((_grasp_key(e), verb, GRASP_KINDS[kind]))
-        cells = [(int(c[0]), int(c[1])) for c in turn.cells]
-        n = min(len(turn.actions), len(cells) - 1)
-        fatal = ti == n_turns - 1 and n == len(turn.actions) and turn.terminated and episode.outcome == "failure"
-        agent = state.get("agent") if isinstance(state, dict) else None
-        heading = NAV_HEADINGS.index(agent["heading"]) if isinstance(agent, dict) and agent.get("heading") in NAV_HEADINGS else None
-        target = state.get("target", {}).get("cell") if isinstance(state, dict) else None
+        failed_steps: Any = ()
+        if events:
+            failed_steps = {int(e.get("step", -1)) for e in events if e.get("kind") in FAILURE_EVENTS}
+            for e in events:
+                kind = e.get("kind")
+                if kind in GRASP_KINDS:
+                    out.append((_grasp_key(e), kind.split("_")[0], GRASP_KINDS[kind]))
+        cells, actions = turn.cells, turn.actions
+        n = min(len(actions), len(cells) - 1)
+        fatal = ti == last_turn and n == len(actions) and turn.terminated and failed_episode
+        heading = None
         for k in range(n):
-            action = turn.actions[k]
+            action = actions[k]
+            move = _GRID_MOVES.get(action)
+            if move is None and action not in _NOT_GRID:
+                low = action.strip().lower()
+                move = _GRID_MOVES[action] = DIRECTIONS_INDEX.get(low) if low in DIRECTIONS else None
+                if move is None:
+                    _NOT_GRID.add(action)
             a, b = cells[k], cells[k + 1]
             failed = (fatal and k == n - 1) or k in failed_steps
-            low = action.strip().lower()
-            if low in DIRECTIONS:
-                d = DIRECTIONS[low]
-                entered = (a[0] + d[0], a[1] + d[1])
-                key = "grid:" + grid_window(geom, entered, low, boxes)
-                if boxes and b == entered and b in boxes:
+            if move is not None:
+                di, (dr, dc) = move
+                r, c = int(a[0]) + dr, int(a[1]) + dc
+                if table is None:
+                    table = window_table(geom)
+                out.append(("grid:" + _window(table, r, c, di, boxes), action, failed or a == b))
+                if boxes and (r, c) in boxes and int(b[0]) == r and int(b[1]) == c:
                     boxes, _ = replay_boxes(boxes, [a, b])
-                out.append((key, action, failed or a == b))
-            elif heading is not None and target is not None and (low in NAV_MOVES or low in NAV_TURNS):
-                key = _nav_key(geom, a, heading, (int(target[0]), int(target[1])))
-                out.append((key, action, failed or (low in NAV_MOVES and a == b)))
-                heading = (heading + NAV_TURNS.get(low, 0)) % 4
+                continue
+            low = action.strip().lower()
+            if low not in NAV_MOVES and low not in NAV_TURNS:
+                continue
+            if heading is None:  # the heading at the start of this turn, then replayed through its turns
+                agent = state.get("agent") if isinstance(state, dict) else None
+                target = state.get("target", {}).get("cell") if isinstance(state, dict) else None
+                if not isinstance(agent, dict) or agent.get("heading") not in NAV_HEADINGS or target is None:
+                    break
+                heading = NAV_HEADINGS.index(agent["heading"])
+                goal = (int(target[0]), int(target[1]))
+            key = _nav_key(geom, (int(a[0]), int(a[1])), heading, goal)
+            out.append((key, action, failed or (low in NAV_MOVES and a == b)))
+            heading = (heading + NAV_TURNS.get(low, 0)) % 4
         state = turn.state or {}
     return out
 
