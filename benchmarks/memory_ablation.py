@@ -254,6 +254,8 @@ def learn(env, spec: dict[str, Any], seed: int, budget: int, qc: QConfig, rng: n
     while used < budget:
         ep = run_episode(env, seed, learner, q, qc, snap, budget - used, frames, oracle)
         used += ep.n_turns
+        if used >= budget and not (ep.turns[-1].terminated or ep.turns[-1].truncated):
+            break  # cut short by the budget, not finished: not an outcome
         log.ends.append(used)
         log.success.append(ep.success)
         batch.append(ep)

@@ -421,10 +421,22 @@ def object_cells(episode: Any, geom: LevelGeometry | None) -> tuple[str, Episode
         boxes = set(geom.boxes)
         visits: list[tuple[int, int]] = sorted(boxes)
         credit = [0.0] * len(visits)
-        for turn in episode.turns:
-            dead = {int(e.get("step", -1)) for e in turn_events(turn) if e.get("kind") == "deadlock"}
-            boxes, pushes = replay_boxes(boxes, turn.cells)
-            for k, _, to in pushes:
+        for turn in episode.turns:  # replay_boxes inlined: this loop runs once per move of every episode
+            cells = turn.cells
+            dead = None
+            for k in range(len(cells) - 1):
+                b = cells[k + 1]
+                q = (int(b[0]), int(b[1]))
+                if q not in boxes:
+                    continue
+                a = cells[k]
+                if int(a[0]) == q[0] and int(a[1]) == q[1]:
+                    continue
+                to = (2 * q[0] - int(a[0]), 2 * q[1] - int(a[1]))
+                boxes.remove(q)
+                boxes.add(to)
+                if dead is None:
+                    dead = {int(e.get("step", -1)) for e in turn_events(turn) if e.get("kind") == "deadlock"}
                 visits.append(to)
                 credit.append(1.0 if k in dead else 0.0)
         return "box", EpisodeCells(_cell_array(visits), np.asarray(credit), bool(episode.success))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from atlasva.memory.atlas import LevelGeometry, replay_boxes, turn_events
+from atlasva.memory.atlas import LevelGeometry, turn_events
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 WHERE = {"left": "to your left", "right": "to your right", "up": "above you", "down": "below you"}
@@ -241,12 +241,13 @@ def pattern_moves(episode: Any, geom: LevelGeometry) -> list[tuple[str, str, boo
             failed = (fatal and k == n - 1) or k in failed_steps
             if move is not None:
                 di, (dr, dc) = move
-                r, c = int(a[0]) + dr, int(a[1]) + dc
+                r, c = a[0] + dr, a[1] + dc
                 if table is None:
                     table = window_table(geom)
                 out.append(("grid:" + _window(table, r, c, di, boxes), action, failed or a == b))
-                if boxes and (r, c) in boxes and int(b[0]) == r and int(b[1]) == c:
-                    boxes, _ = replay_boxes(boxes, [a, b])
+                if boxes and (r, c) in boxes and b[0] == r and b[1] == c:  # a push: the box moves on
+                    boxes.remove((r, c))
+                    boxes.add((r + dr, c + dc))
                 continue
             low = action.strip().lower()
             if low not in NAV_MOVES and low not in NAV_TURNS:
@@ -310,17 +311,19 @@ class SkillMiner:
         self.rules: list[Rule] = []
 
     @staticmethod
-    def counts(episode: Any, geom: LevelGeometry) -> dict[tuple[str, str], list[float]]:
-        """The moves of ``episode`` counted: (pattern, action) -> [N, failures, success-path uses]."""
-        out: dict[tuple[str, str], list[float]] = {}
+    def counts(episode: Any, geom: LevelGeometry, into: dict | None = None) -> dict[tuple[str, str], list[float]]:
+        """The moves of ``episode`` counted: (pattern, action) -> [N, failures, success-path uses]
+        (added to ``into`` when given)."""
+        out: dict[tuple[str, str], list[float]] = {} if into is None else into
         succ = 1.0 if episode.success else 0.0
         for key, action, failed in pattern_moves(episode, geom):
             v = out.get((key, action))
             if v is None:
-                v = out[(key, action)] = [0.0, 0.0, 0.0]
-            v[0] += 1.0
-            v[1] += failed
-            v[2] += succ
+                out[(key, action)] = [1.0, float(failed), succ]
+            else:
+                v[0] += 1.0
+                v[1] += failed
+                v[2] += succ
         return out
 
     @staticmethod
@@ -329,17 +332,8 @@ class SkillMiner:
         are skipped)."""
         out: dict[str, dict[tuple[str, str], list[float]]] = {}
         for episode, geom in items:
-            if geom is None:
-                continue
-            d = out.setdefault(str(episode.env_name), {})
-            for k, v in SkillMiner.counts(episode, geom).items():
-                acc = d.get(k)
-                if acc is None:
-                    d[k] = v
-                else:
-                    acc[0] += v[0]
-                    acc[1] += v[1]
-                    acc[2] += v[2]
+            if geom is not None:
+                SkillMiner.counts(episode, geom, out.setdefault(str(episode.env_name), {}))
         return out
 
     def update(self, batch: list[tuple[str, Any]]) -> None:
