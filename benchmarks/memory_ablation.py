@@ -563,7 +563,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "memory_ablation.png"))
     ap.add_argument("--panel", default=str(ROOT / "docs" / "memory_panel.png"), help="'' to skip the panel")
     ap.add_argument("--memory", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="MemoryConfig overrides for every memory arm, e.g. ineffective_weight=0.25")
+                    help="MemoryConfig overrides for every memory arm, e.g. box_weight=1.0")
     args = ap.parse_args()
     for kv in args.memory:
         k, _, v = kv.partition("=")

@@ -81,15 +81,16 @@ def test_plain_ema_without_debias():
     assert mem.instance_atlas("toy", "L1").danger[1, 1] == pytest.approx(0.8 * 0.08 + 0.2 * 0.5)
 
 
-def test_ineffective_moves_and_failure_trace_credit():
+def test_bumps_carry_no_danger_and_the_failure_trace_credits_the_cells_before_a_hole():
     bump = episode([(0, 0), (0, 0), (0, 1)], "truncated")  # first move bumps into the edge
-    mem = SkillMemory(MemoryConfig(ineffective_weight=0.5, failure_trace=0.5))
+    mem = SkillMemory(MemoryConfig(failure_trace=0.5))
     mem.update([bump, episode(FAIL, "failure")])
     d = mem.instance_atlas("toy", "L1").danger
-    # (0,0): visits 3 (bump start, bump, FAIL start), credit 0.5 (bump) + 0.5² (two cells before the hole)
-    assert d[0, 0] == pytest.approx((0.5 + 0.25 + 1) / (3 + 4))
+    # (0,0): visits 3 (bump start, bump, FAIL start), credit 0.5² only (two cells before the hole)
+    assert d[0, 0] == pytest.approx((0.25 + 1) / (3 + 4))
     # (0,1): visits 2, trace credit 0.5 (one cell before the hole) -> (0.5+1)/(2+4)
     assert d[0, 1] == pytest.approx(1.5 / 6)
+    assert d[1, 1] == pytest.approx(2 / 5)  # the hole: (1 + 1) / (1 + 4)
 
 
 # --------------------------------------------------------------------------- affinity

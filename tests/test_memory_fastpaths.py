@@ -44,12 +44,12 @@ def _batch():
     return eps + [no_start, invalid, odd, empty]
 
 
-@pytest.mark.parametrize("iw,trace", [(0.25, 0.0), (0.25, 0.5), (0.0, 1.0), (1.0, 0.3)])
-def test_batch_episode_cells_equal_per_episode(iw, trace):
+@pytest.mark.parametrize("trace", [0.0, 0.5, 1.0, 0.3])
+def test_batch_episode_cells_equal_per_episode(trace):
     eps = _batch()
-    got = batch_episode_cells(eps, ineffective_weight=iw, failure_trace=trace)
+    got = batch_episode_cells(eps, failure_trace=trace)
     for ep, b in zip(eps, got):
-        ref = episode_cells(ep, ineffective_weight=iw, failure_trace=trace)
+        ref = episode_cells(ep, failure_trace=trace)
         assert b.cells.dtype == ref.cells.dtype and np.array_equal(b.cells, ref.cells)
         assert b.failure_credit.dtype == ref.failure_credit.dtype
         assert np.array_equal(b.failure_credit, ref.failure_credit)
@@ -60,7 +60,7 @@ def test_batch_episode_cells_names_a_malformed_cell():
     eps = _batch()
     eps[1].turns[0].cells[1] = [0, 1, 2]
     with pytest.raises(ValueError, match="a cell is"):
-        batch_episode_cells(eps, ineffective_weight=0.25, failure_trace=0.0)
+        batch_episode_cells(eps, failure_trace=0.0)
 
 
 def test_batch_skill_counts_equal_summed_per_episode_counts():

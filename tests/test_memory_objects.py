@@ -207,6 +207,5 @@ def test_bumps_are_skill_facts_not_cell_danger():
     mem.update(bumps)
     assert mem.instance_atlas("frozenlake", "L1").danger.max() == 0  # no cell danger by default
     assert mem.skill_lines("frozenlake") == ["Avoid Up into the edge: it failed 100% of 36 times."]
-    old = SkillMemory(MemoryConfig(ineffective_weight=0.25))  # the previous default, kept as an option
-    old.update(bumps)
-    assert old.instance_atlas("frozenlake", "L1").danger[0, 0] == pytest.approx((0.25 * 36 + 1) / (48 + 4))
+    with pytest.raises(TypeError, match="ineffective_weight"):  # the former option is gone (see MemoryConfig)
+        MemoryConfig(ineffective_weight=0.25)

@@ -261,123 +261,88 @@ def _cell_array(cells: list[Any]) -> np.ndarray:
     return arr
 
 
-def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: float) -> EpisodeCells:
-    """Turn an Episode into visit/failure sequences.
-
-    Failure credit: 1 on the cell where a terminal failure ended (the hole), ``failure_trace``^k on
-    the k-th cell before it (k ≤ 2); ``ineffective_weight`` on the cell where a primitive action left
-    the cell unchanged (bumping into a wall or edge) or where an invalid action stopped execution.
-    """
-    cur: list[Any] = []  # every visit (list slices: no per-cell Python work)
-    prev: list[Any] = []  # the cell before it (== itself for the very first cell)
-    invalid: list[int] = []  # visit index that gets the invalid-action credit
-    if episode.start_cell:
-        cur.append(episode.start_cell)
-        prev.append(episode.start_cell)
+def _episode_visits(episode: Any) -> list[Any]:
+    """Every state cell an episode visited, in order, its start cell first (``Episode.cells()``)."""
+    cur: list[Any] = [episode.start_cell] if episode.start_cell else []
     for turn in episode.turns:
         tc = turn.cells
         if tc and not cur:
             cur.append(tc[0])
-            prev.append(tc[0])
         if len(tc) > 1:
             cur.extend(tc[1:])
-            prev.extend(tc[:-1])
-        metrics = turn.metrics or {}
-        if cur and metrics.get("format_valid", True) and metrics.get("action_valid", True) is False:
-            invalid.append(len(cur) - 1)
-    cells = _cell_array(cur)
+    return cur
+
+
+def _failure_credit(credit: np.ndarray, last: np.ndarray, lens: np.ndarray, failure_trace: float) -> None:
+    """Credit 1 on the last visit of each terminally failed episode (``last``: its index) and
+    ``failure_trace``^k on the k-th visit before it (k ≤ 2, within the episode: ``lens``)."""
+    credit[last] = 1.0
+    if failure_trace > 0:
+        for k in (1, 2):
+            at = last[lens > k] - k
+            credit[at] = np.maximum(credit[at], failure_trace**k)
+
+
+def _failed(episode: Any) -> bool:
+    return episode.outcome == "failure" and bool(episode.turns) and episode.turns[-1].terminated
+
+
+def episode_cells(episode: Any, *, failure_trace: float) -> EpisodeCells:
+    """Turn an Episode into visit/failure sequences.
+
+    Failure credit: 1 on the cell where a terminal failure ended (the hole), ``failure_trace``^k on
+    the k-th cell before it (k ≤ 2). A move that left the cell unchanged (a bump into a wall) or an
+    invalid action is no failure of the cell: bumps are (pattern, action) facts for the skill miner.
+    """
+    cells = _cell_array(_episode_visits(episode))
     n = len(cells)
     credit = np.zeros(n, dtype=np.float64)
-    if n > 1:
-        before = _cell_array(prev)
-        same = (cells[1:] == before[1:]).all(axis=1)
-        credit[1:] = np.where(same, ineffective_weight, 0.0)
-    if invalid:
-        np.add.at(credit, np.asarray(invalid), ineffective_weight)
-    if episode.outcome == "failure" and episode.turns and episode.turns[-1].terminated and n:
-        credit[-1] = 1.0
-        for k in (1, 2):
-            if failure_trace > 0 and n > k:
-                credit[-1 - k] = max(credit[-1 - k], failure_trace**k)
-    return EpisodeCells(cells, np.minimum(credit, 1.0), bool(episode.success))
+    if _failed(episode) and n:
+        _failure_credit(credit, np.asarray([n - 1]), np.asarray([n]), failure_trace)
+    return EpisodeCells(cells, credit, bool(episode.success))
 
 
 @dataclass
 class BatchWalk:
-    """One Python walk over the turns of a batch: every visit (and the cell before it, as
-    :func:`episode_cells` builds them), as flat arrays for numpy."""
+    """One Python walk over the turns of a batch: every visit, as :func:`episode_cells` builds them, as
+    flat arrays for numpy."""
 
     cells: np.ndarray  # V×2 int: all visits, episode after episode
-    before: np.ndarray  # V×2 int: the cell each visit was entered from (itself for a first visit)
     bounds: np.ndarray  # E+1: episode j's visits are cells[bounds[j]:bounds[j+1]]
-    invalid: list[int]  # visit indices that get the invalid-action credit
     ok: bool  # False: some cell is not [row, col] (callers fall back to the per-episode path)
 
 
 def walk_batch(episodes: Sequence[Any]) -> BatchWalk:
     cur: list[Any] = []
-    prev: list[Any] = []
-    invalid: list[int] = []
     starts: list[int] = []
-    nv = 0  # len(cur)
     for episode in episodes:
-        base = nv
-        starts.append(base)
-        start = episode.start_cell
-        if start:
-            cur.append(start)
-            prev.append(start)
-            nv += 1
-        for turn in episode.turns:
-            tc = turn.cells
-            if tc and nv == base:
-                cur.append(tc[0])
-                prev.append(tc[0])
-                nv += 1
-            k = len(tc) - 1
-            if k > 0:
-                cur.extend(tc[1:])
-                prev.extend(tc[:-1])
-                nv += k
-            metrics = turn.metrics
-            if metrics and nv > base and metrics.get("action_valid", True) is False and metrics.get("format_valid", True):
-                invalid.append(nv - 1)
+        starts.append(len(cur))
+        cur.extend(_episode_visits(episode))
     total = len(cur)
     try:
         cells = np.asarray(cur, dtype=np.int64) if total else np.zeros((0, 2), dtype=np.int64)
-        before = np.asarray(prev, dtype=np.int64) if total else cells
-        ok = cells.ndim == 2 and cells.shape[1] == 2 and before.shape == cells.shape
+        ok = cells.ndim == 2 and cells.shape[1] == 2
     except (TypeError, ValueError):
-        cells = before = np.zeros((0, 2), dtype=np.int64)
+        cells = np.zeros((0, 2), dtype=np.int64)
         ok = False
-    return BatchWalk(cells, before, np.asarray([*starts, total]), invalid, bool(ok))
+    return BatchWalk(cells, np.asarray([*starts, total]), bool(ok))
 
 
 def batch_episode_cells(
-    episodes: Sequence[Any], *, ineffective_weight: float, failure_trace: float, walk: BatchWalk | None = None,
+    episodes: Sequence[Any], *, failure_trace: float, walk: BatchWalk | None = None,
 ) -> list[EpisodeCells]:
     """:func:`episode_cells` of every episode of a batch, with the numpy work done once for the whole
     batch (the same arrays, as views of one concatenated array)."""
     if walk is None:
         walk = walk_batch(episodes)
     if not walk.ok:  # a malformed cell somewhere: the per-episode path names it
-        return [episode_cells(ep, ineffective_weight=ineffective_weight, failure_trace=failure_trace) for ep in episodes]
+        return [episode_cells(ep, failure_trace=failure_trace) for ep in episodes]
     cells, bounds = walk.cells, walk.bounds
     lens = np.diff(bounds)
-    credit = np.where((cells == walk.before).all(axis=1), ineffective_weight, 0.0)
-    credit[bounds[:-1][lens > 0]] = 0.0  # an episode's first visit has no move into it
-    if walk.invalid:
-        np.add.at(credit, np.asarray(walk.invalid), ineffective_weight)
-    fails = [j for j, ep in enumerate(episodes)
-             if ep.outcome == "failure" and ep.turns and ep.turns[-1].terminated and lens[j]]
+    credit = np.zeros(len(cells), dtype=np.float64)
+    fails = [j for j, ep in enumerate(episodes) if _failed(ep) and lens[j]]
     if fails:
-        last = bounds[1:][fails] - 1
-        credit[last] = 1.0
-        if failure_trace > 0:
-            for k in (1, 2):
-                at = last[lens[fails] > k] - k
-                credit[at] = np.maximum(credit[at], failure_trace**k)
-    credit = np.minimum(credit, 1.0)
+        _failure_credit(credit, bounds[1:][fails] - 1, lens[fails], failure_trace)
     return [EpisodeCells(cells[a:b], credit[a:b], bool(ep.success))
             for ep, a, b in zip(episodes, bounds[:-1].tolist(), bounds[1:].tolist())]
 

@@ -79,10 +79,11 @@ class MemoryConfig:
     decay: float = 0.98  # ρ for cells unvisited in an update
     beta_a: float = 1.0  # Beta prior (a₀, b₀) of the failure rate
     beta_b: float = 3.0
-    # failure credit of a move that changed nothing (a bump into a wall). 0: such moves are (pattern, action)
-    # facts for the skill miner, not cell danger (bumping says nothing about the cell; 0.25 made Sokoban's
-    # wall-side cells dangerous and the learned arms the worst, benchmarks/README.md)
-    ineffective_weight: float = 0.0
+    # No failure credit for a move that changed nothing (a bump into a wall) or an invalid action: such
+    # moves are (pattern, action) facts for the skill miner, not cell danger. The former option (0.25 of a
+    # failure at the bumping cell) made Sokoban's wall-side cells dangerous and the learned arms the worst
+    # (0.00 / 0.18 vs 0.38 without it), and did not help on Sokoban or the slippery lake with the box
+    # atlas either (benchmarks/README.md, memory ablation), so it is gone.
     failure_trace: float = 0.0  # credit trace^k on the k ≤ 2 cells before a terminal failure
     visit_discount: float = 0.9  # λ of v_i(c) = Σ_t λ^(T−t)·1[c_t = c]
     affinity_temperature: float = 1.0
@@ -128,7 +129,7 @@ class MemoryConfig:
         if self.scope not in SCOPES:
             raise ValueError(f"memory scope {self.scope!r}; accepted: {SCOPES}")
         for name in ("ema", "decay", "visit_discount", "recency", "overlay_alpha", "heuristic_weight_end", "failure_trace",
-                     "ineffective_weight", "skill_threshold", "box_weight", "grasp_weight"):
+                     "skill_threshold", "box_weight", "grasp_weight"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"memory.{name} must be in [0, 1], got {v}")
@@ -571,7 +572,7 @@ class SkillMemory:
             geoms.append(g)
         walk = walk_batch(eps)  # one Python pass over the turns for the agent atlases
         cells: list[EpisodeCells] = batch_episode_cells(
-            eps, ineffective_weight=cfg.ineffective_weight, failure_trace=cfg.failure_trace, walk=walk
+            eps, failure_trace=cfg.failure_trace, walk=walk
         )
         self.counters["episodes"] += len(eps)
         self.counters["steps"] += sum(max(len(c.cells) - 1, 0) for c in cells)
