@@ -9,11 +9,14 @@
     atlasva vla {collect,train,eval} CONFIG [key=value ...]
 
 Configs are YAML files in ``configs/`` chosen by name or path, with dotted overrides after them.
+Errors in what a user typed print one line; ``--debug`` (anywhere) or ``ATLASVA_DEBUG=1`` shows the
+traceback instead, for a bug report.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +167,13 @@ def cmd_train(argv: list[str]) -> int:
     if loaded is None:
         return 0
     cfg, name = loaded
+    if cfg.engine == "verl":  # verl's distributed trainer on the same envs, formats, memory and estimators
+        from atlasva.integrations.verl.launch import train_with_verl
+
+        cfg.validate()
+        out = train_with_verl(cfg, name)
+        print(f"run folder: {out['run_dir']}")
+        return 0
     summary = Trainer(cfg, name).train()
     print(format_summary(summary))
     print(f"wall time {summary['wall_time_s']:.1f}s; run folder: {summary['run_dir']}")
@@ -171,9 +181,26 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from atlasva.eval.run_eval import eval_main
+    from atlasva.eval.run_eval import EvalConfig, run_eval
+    from atlasva.runs import format_summary
 
-    return eval_main(argv)
+    p = config_parser("atlasva eval", "Evaluate a checkpoint or a served model on held-out levels.",
+                      "episodes=50 env.spec=sokoban")
+    p.add_argument("--checkpoint", default=None, help="a Hugging Face folder (e.g. RUN/policy)")
+    p.add_argument("--backend", choices=("hf", "vllm", "openai"), default=None)
+    p.add_argument("--model", default=None, help="model name on the OpenAI-compatible server")
+    p.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1")
+    args = p.parse_args(argv)
+    extra = [f"{key}={value}" for key, value in (
+        ("policy.model.path", args.checkpoint), ("policy.backend", args.backend),
+        ("policy.openai.model", args.model), ("policy.openai.base_url", args.base_url)) if value]
+    loaded = load_command_config(EvalConfig, args, extra)
+    if loaded is None:
+        return 0
+    summary = run_eval(*loaded)
+    print(format_summary(summary))
+    print(f"run folder: {summary['run_dir']}")
+    return 0
 
 
 def cmd_inspect(argv: list[str]) -> int:
@@ -212,13 +239,17 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"atlasva {__version__}\n\nusage: atlasva <command> [args]\n\ncommands:")
+        print(f"atlasva {__version__}\n\nusage: atlasva [--debug] <command> [args]\n\ncommands:")
         for name, (help_, _) in COMMANDS.items():
             print(f"  {name:<11} {help_}")
         return 0
     if argv[0] == "--version":
         print(__version__)
         return 0
+    debug = os.environ.get("ATLASVA_DEBUG", "") not in ("", "0") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv:
+        return main([])
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         import difflib
@@ -231,14 +262,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(COMMANDS[cmd][1](rest) or 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and friends
         return 0
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        if debug:
+            raise  # the whole traceback, for a bug report
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{kind}: {exc}\n(run with --debug or ATLASVA_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,8 @@ Every command loads its config the same way::
 
     cfg, name = load_config(TrainConfig, "frozenlake-memory", ["trainer.steps=50", "memory.enable=false"])
 
-Unknown keys and wrong types are errors that name the key and the nearest valid one.
+Unknown keys and wrong types are errors that name the key and the nearest valid one. A free-form dict
+in a file (``env.config``) replaces the schema's default dict; dotted overrides add keys to it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,13 @@ def load_config(
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping at the top level")
+        # a file states a free-form dict (e.g. env.config) whole: it replaces the schema's default dict
+        # instead of merging into it (the embedded demo's FrozenLake keys must not reach a Sokoban run);
+        # dotted overrides below still add to it
+        given = OmegaConf.create(data)
+        for key in _flat_dict(data):
+            if isinstance(OmegaConf.select(given, key), DictConfig) and _is_open(cfg, key):
+                OmegaConf.update(cfg, key, {}, merge=False)
         cfg = _merge(cfg, data, str(path))
     for item in overrides or []:
         if "=" not in item:

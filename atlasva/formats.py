@@ -35,6 +35,9 @@ FORMATS: dict[str, tuple[str, ...] | None] = {
     "grounding_world_modeling": ("observation", "reasoning", "prediction"),
 }
 
+#: Where an observation's text shows an image: one per image, in order (envs, memory and processor share it).
+IMAGE_PLACEHOLDER = "<image>"
+
 #: Texts longer than this are format-invalid and run nothing (protects envs from megabyte outputs).
 MAX_TEXT_CHARS = 32768
 

@@ -6,7 +6,13 @@ same command finds and resumes its run. It holds ``config.yaml`` (resolved), ``p
 temp name and renamed), PNGs, and ``summary.json`` with one schema for every evaluation::
 
     {"eval": {STAGE: {"episodes", "success_rate", "success_ci95": [lo, hi], "mean_turns",
-                      "format_valid_rate", ...}}, "wall_time_s": ...}
+                      "format_valid_rate", "distinct_levels", ...}},
+     "splits": {"train_levels", "eval_levels", "overlap"}, "wall_time_s": ...}
+
+A run's identity (the hash in its folder name) is its resolved config without ``run.*`` and without the
+keys a command declares cosmetic (:func:`run_identity`), so ``run.resume=false`` restarts the *same*
+folder afresh and ``run.root`` only moves it. ``levels.jsonl`` lists every level the run trained or
+evaluated on, one line per level and stage, so a reader can check that the splits never overlap.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,8 +35,32 @@ from typing import Any
 import numpy as np
 import yaml
 
+from atlasva.stats import wilson_interval
+
 SUMMARY_REQUIRED = ("episodes", "success_rate", "success_ci95", "mean_turns", "format_valid_rate")
 _PROVENANCE_PACKAGES = ("atlasva", "numpy", "torch", "transformers", "gymnasium", "mujoco", "safetensors")
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and whether it resumes; never part of the run's identity."""
+
+    root: str = "runs"
+    resume: bool = True
+
+
+def run_identity(config: Mapping[str, Any], exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The config that identifies a run: everything but ``run.*`` and the dotted keys in ``exclude``
+    (settings that cannot change a result, e.g. how many processes recorded a dataset)."""
+    out = json.loads(json.dumps(dict(config), default=str))
+    for dotted in ("run", *exclude):
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -37,20 +68,15 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def wilson_ci(successes: int, n: int, z: float = 1.959964) -> list[float]:
-    """95% Wilson score interval for a binomial proportion."""
-    if n <= 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+def wilson_ci(successes: int, n: int) -> list[float]:
+    """95% Wilson score interval for a binomial proportion, as a JSON-friendly list."""
+    return list(wilson_interval(successes, n))
 
 
 def summarize_episodes(records: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Stage summary from per-episode dicts with keys success, turns, format_valid_rate, reward
-    and optionally finish_reason."""
+    and optionally finish_reason and level_hash (then ``distinct_levels`` says how many levels the
+    interval stands on)."""
     n = len(records)
     k = sum(bool(r["success"]) for r in records)
     out: dict[str, Any] = {
@@ -60,6 +86,8 @@ def summarize_episodes(records: list[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_turns": float(np.mean([r["turns"] for r in records])) if n else 0.0,
         "format_valid_rate": float(np.mean([r["format_valid_rate"] for r in records])) if n else 0.0,
     }
+    if n and all("level_hash" in r for r in records):
+        out["distinct_levels"] = len({r["level_hash"] for r in records})
     if n and all("reward" in r for r in records):
         out["mean_reward"] = float(np.mean([r["reward"] for r in records]))
     reasons: dict[str, int] = {}
@@ -133,10 +161,12 @@ class RunFolder:
 
     @classmethod
     def create(
-        cls, name: str, config: Mapping[str, Any], *, root: str | Path = "runs", resume: bool = True
+        cls, name: str, config: Mapping[str, Any], *, root: str | Path = "runs", resume: bool = True,
+        exclude: Iterable[str] = (),
     ) -> RunFolder:
+        """The folder ``root/<name>-<hash of run_identity(config, exclude)>``; ``config.yaml`` keeps it all."""
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
-        path = Path(root) / f"{safe}-{config_hash(config)}"
+        path = Path(root) / f"{safe}-{config_hash(run_identity(config, exclude))}"
         if path.exists() and not resume:
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -257,10 +287,48 @@ class RunFolder:
         _atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=_json_default))
         return summary
 
+    # ------------------------------------------------------------------ levels
+    @property
+    def levels_path(self) -> Path:
+        return self.path / "levels.jsonl"
+
+    def read_levels(self) -> list[dict[str, Any]]:
+        if not self.levels_path.exists():
+            return []
+        return [json.loads(line) for line in self.levels_path.read_text().splitlines() if line.strip()]
+
+    def record_levels(self, stage: str, levels: Iterable[tuple[int, str]]) -> None:
+        """Record the (seed, level hash) pairs a stage played; re-recording a stage replaces its lines
+        (so a resumed run does not list a level twice)."""
+        if not (stage in TRAIN_STAGES or stage.startswith("eval:")):
+            raise ValueError(f"level stage {stage!r}; accepted: {', '.join(TRAIN_STAGES)} or 'eval:<STAGE>'")
+        kept = [r for r in self.read_levels() if r["stage"] != stage]
+        seen: set[str] = set()
+        for seed, level_hash in levels:
+            if level_hash not in seen:
+                seen.add(level_hash)
+                kept.append({"stage": stage, "seed": int(seed), "level_hash": str(level_hash)})
+        _atomic_write_text(self.levels_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def split_report(self) -> dict[str, int]:
+        """``{"train_levels", "eval_levels", "overlap"}`` over the distinct levels in ``levels.jsonl``."""
+        return split_report(self.read_levels())
+
     def write_episodes(self, stage: str, records: list[Mapping[str, Any]]) -> Path:
         path = self.path / f"episodes-{stage}.jsonl"
         _atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
         return path
+
+
+TRAIN_STAGES = ("sft", "rl")
+
+
+def split_report(levels: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Distinct training levels, distinct evaluation levels, and how many levels are in both."""
+    levels = list(levels)
+    train = {r["level_hash"] for r in levels if r["stage"] in TRAIN_STAGES}
+    held = {r["level_hash"] for r in levels if str(r["stage"]).startswith("eval:")}
+    return {"train_levels": len(train), "eval_levels": len(held), "overlap": len(train & held)}
 
 
 def _to_numpy(v: Any) -> np.ndarray:

@@ -4,9 +4,12 @@ trajectory GRPO}, on the demo's config and step budget, several seeds each.
     .venv/bin/python benchmarks/ablation.py [--config frozenlake-memory] [--seeds 0 1 2] [--steps N] [--jobs 2]
 
 Each arm is an ordinary ``atlasva train`` run (its own run folder under ``runs/ablation/``, so an
-interrupted ablation resumes arm by arm). It prints each arm's final held-out success (mean over seeds
-with the spread) and writes ``benchmarks/ablation.png`` (training success vs RL step, mean over seeds)
-and ``benchmarks/ablation.json``.
+interrupted ablation resumes arm by arm), evaluated on the run's held-out levels — distinct levels that
+no arm trains on (each run's ``levels.jsonl``; the split report is copied into the JSON). It prints each
+arm's held-out success (mean over seeds, the spread, and a 95% Wilson interval over all seeds × levels),
+the paired difference "full memory − heuristics only" per estimator (same seeds, same levels; 95%
+normal interval of the paired differences), and writes ``benchmarks/ablation.png`` (training success vs
+RL step, mean over seeds) and ``benchmarks/ablation.json``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ ESTIMATORS = {
 }
 
 
-def run_arm(config: str, overrides: list[str], name: str) -> tuple[float, list[float]]:
-    """One ordinary training run; (held-out success after RL, training success per RL step)."""
+def run_arm(config: str, overrides: list[str], name: str) -> dict:
+    """One ordinary training run: held-out summary, per-level outcomes, training success per RL step."""
     import torch
 
     from atlasva.config import load_config
@@ -39,8 +42,22 @@ def run_arm(config: str, overrides: list[str], name: str) -> tuple[float, list[f
     torch.set_num_threads(1)
     cfg, base = load_config(TrainConfig, config, overrides)
     summary = Trainer(cfg, f"{base}-{name}").train()
-    rows = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    return summary["eval"]["rl"]["success_rate"], [r["train/success_rate"] for r in rows]
+    run = Path(summary["run_dir"])
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    episodes = [json.loads(x) for x in (run / "episodes-rl.jsonl").read_text().splitlines()]
+    return {"rl": summary["eval"]["rl"], "splits": summary["splits"], "run_dir": str(run),
+            "by_level": {e["level_hash"]: bool(e["success"]) for e in episodes},
+            "curve": [r["train/success_rate"] for r in rows]}
+
+
+def paired_difference(a: list[dict[str, bool]], b: list[dict[str, bool]]) -> dict:
+    """Mean of (a − b) over the (seed, level) pairs both arms played, with a 95% normal interval."""
+    diffs = [float(x[h]) - float(y[h]) for x, y in zip(a, b) for h in x if h in y]
+    from atlasva.stats import Z95
+
+    d = np.asarray(diffs)
+    half = Z95 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)], "pairs": len(d)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,19 +86,42 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
         futures = {k: pool.submit(run_arm, *v) for k, v in jobs.items()}
         done = {k: f.result() for k, f in futures.items()}
+    from atlasva.runs import wilson_ci
+
     results: dict[str, dict] = {}
     for key in dict.fromkeys(k for k, _ in jobs):
-        finals = [done[(key, s)][0] for s in args.seeds]
-        curves = [done[(key, s)][1] for s in args.seeds]
-        n = min(len(c) for c in curves)
+        arms = [done[(key, s)] for s in args.seeds]
+        finals = [a["rl"]["success_rate"] for a in arms]
+        wins = sum(sum(a["by_level"].values()) for a in arms)
+        n = sum(len(a["by_level"]) for a in arms)
+        steps = min(len(a["curve"]) for a in arms)
         results[key] = {
             "final_success": finals,
             "final_mean": float(np.mean(finals)),
             "final_std": float(np.std(finals)),
-            "curve_mean": np.mean([c[:n] for c in curves], axis=0).tolist(),
+            "pooled_ci95": wilson_ci(wins, n),
+            "episodes": n,
+            "distinct_levels_per_seed": [a["rl"]["distinct_levels"] for a in arms],
+            "splits": [a["splits"] for a in arms],
+            "curve_mean": np.mean([a["curve"][:steps] for a in arms], axis=0).tolist(),
+            "by_level": [a["by_level"] for a in arms],
         }
-        print(f"{key:<36} held-out success {np.mean(finals):.3f} ± {np.std(finals):.3f} over seeds {args.seeds}")
-    args.out.write_text(json.dumps({"config": args.config, "seeds": args.seeds, "results": results}, indent=2))
+        lo, hi = results[key]["pooled_ci95"]
+        print(f"{key:<36} held-out success {np.mean(finals):.3f} ± {np.std(finals):.3f} over seeds {args.seeds} "
+              f"[{lo:.3f}, {hi:.3f}] on {n} episodes = {len(args.seeds)} seeds × "
+              f"{arms[0]['rl']['distinct_levels']} distinct levels (train/eval overlap "
+              f"{max(a['splits']['overlap'] for a in arms)})")
+    differences = {}
+    for est_name in ESTIMATORS:
+        full, heur = results[f"full memory / {est_name}"], results[f"heuristics only / {est_name}"]
+        diff = paired_difference(full["by_level"], heur["by_level"])
+        differences[f"full − heuristics / {est_name}"] = diff
+        print(f"full memory − heuristics only / {est_name}: {diff['mean']:+.3f} "
+              f"[{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] over {diff['pairs']} (seed, level) pairs")
+    for r in results.values():
+        r.pop("by_level")
+    args.out.write_text(json.dumps({"config": args.config, "seeds": args.seeds, "results": results,
+                                    "differences": differences}, indent=2))
     import matplotlib
 
     matplotlib.use("Agg")

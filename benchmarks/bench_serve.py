@@ -108,11 +108,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int, max_envs: int) -> subprocess.Popen[bytes]:
+def start_server(port: int, max_envs: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``atlasva serve`` on loopback in a subprocess (``extra``: more serve flags), once it is healthy."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "atlasva.serve", "--port", str(port), "--max-envs", str(max_envs)]
+    cmd = [sys.executable, "-m", "atlasva.serve", "--port", str(port), "--max-envs", str(max_envs), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     with httpx.Client(verify=False, trust_env=False) as c:
         deadline = time.monotonic() + 60

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from atlasva.memory import MemoryConfig, SkillMemory
     from atlasva.policy import Policy, PolicyConfig
     from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
-    from atlasva.train.config import AlgorithmConfig
-    from atlasva.train.ppo import build_batch, compute_advantages, ppo_update
+    from atlasva.train.config import AlgorithmConfig, TrainerSection
+    from atlasva.train.estimators import compute_advantages
+    from atlasva.train.ppo import build_batch, ppo_update
 
     cfg = PolicyConfig()
     cfg.model.init_dir = str(Path(tempfile.gettempdir()) / "atlasva-bench-policy")
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             values = policy.model.score(batch.encoded, positions=batch.loss_mask.bool(), with_values=True).values
         values = values[:, : batch.loss_mask.shape[1]] * batch.loss_mask
-        adv, ret, vmask = compute_advantages(batch, values, res, algo)
-        ppo_update(policy, opt, batch, adv, ret, values, vmask, algo, epochs=1, minibatch_size=8, grad_accum=1,
-                   max_grad_norm=1.0, temperature=1.0, rng=np.random.default_rng(step))
+        adv = compute_advantages(batch, values, res, algo)
+        ppo_update(policy, opt, batch, adv, values, algo, TrainerSection(ppo_epochs=1, minibatch_size=8, temperature=1.0),
+                   rng=np.random.default_rng(step))
         t_update = time.perf_counter() - t0
         n_tokens = sum(len(e) for e in batch.encoded)
         rows.append({**res.stats, "update/tokens_per_s": n_tokens / t_update, "update/s": t_update})

@@ -278,3 +278,150 @@ class ServerProcess:
         if self._err is not None:
             self._err.close()
             self._err = None
+
+
+# --------------------------------------------------------------------------- fault injection
+
+
+class FaultProxy:
+    """An HTTP/1.1 proxy on loopback in front of an env server that injects faults into chosen requests.
+
+    ``add(path_part, kind, times=1)`` arms a fault for the next ``times`` requests whose path contains
+    ``path_part`` (faults are taken in the order added; ``pass`` lets requests through untouched): ``drop`` (forward, then close the connection halfway through the response: the server
+    did the work, the client never hears of it), ``delay`` (forward, hold the response ``seconds``: the
+    client's timeout fires first), ``corrupt`` (forward, flip one character in the middle of the first
+    PNG: still valid JSON and base64), ``kill_before`` / ``kill_after`` (call ``on_kill`` — e.g. SIGKILL
+    the server — before forwarding, or after the server answered, and close the connection).
+    ``applied`` counts the faults injected by kind.
+    """
+
+    def __init__(self, upstream_port: int, on_kill: Any = None) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.on_kill = on_kill
+        self.faults: list[dict[str, Any]] = []
+        self.applied: dict[str, int] = {}
+        self.seconds = 1.0
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="fault-proxy")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, path_part: str, kind: str, times: int = 1) -> FaultProxy:
+        assert kind in ("pass", "drop", "delay", "corrupt", "kill_before", "kill_after"), kind
+        with self._lock:
+            self.faults.append({"path": path_part, "kind": kind, "left": int(times)})
+        return self
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+    def _take(self, path: str) -> str | None:
+        with self._lock:
+            for f in self.faults:
+                if f["left"] > 0 and f["path"] in path:
+                    f["left"] -= 1
+                    self.applied[f["kind"]] = self.applied.get(f["kind"], 0) + 1
+                    return str(f["kind"])
+        return None
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read_message(f: Any) -> tuple[bytes, bytes] | None:
+        """(head, body) of one HTTP message from a binary file; None at EOF."""
+        head = b""
+        while True:
+            line = f.readline()
+            if not line:
+                return None
+            head += line
+            if line in (b"\r\n", b"\n"):
+                break
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = f.read(length) if length else b""
+        return head, body
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as rf:
+            while True:
+                msg = self._read_message(rf)
+                if msg is None:
+                    return
+                head, body = msg
+                path = head.split(b" ", 2)[1].decode()
+                kind = self._take(path)
+                if kind == "kill_before":
+                    self.on_kill()
+                    return
+                try:
+                    with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30) as up, up.makefile("rb") as uf:
+                        up.sendall(head + body)
+                        reply = self._read_message(uf)
+                except OSError:
+                    return  # the server is down: the client sees its connection closed
+                if reply is None:
+                    return
+                rhead, rbody = reply
+                if kind == "kill_after":
+                    self.on_kill()
+                    return
+                if kind == "drop":
+                    conn.sendall((rhead + rbody)[: (len(rhead) + len(rbody)) // 2])
+                    return
+                if kind == "delay":
+                    time.sleep(self.seconds)
+                if kind == "corrupt":
+                    rbody = self._corrupt(rbody)
+                    lines = [ln for ln in rhead.split(b"\r\n") if not ln.lower().startswith(b"content-length:")]
+                    rhead = b"\r\n".join([lines[0], b"content-length: %d" % len(rbody), *lines[1:]])
+                try:
+                    conn.sendall(rhead + rbody)
+                except OSError:
+                    return
+
+    @staticmethod
+    def _corrupt(body: bytes) -> bytes:
+        """Flip one bit of one pixel of the first frame and send it as a well-formed PNG under the same
+        ``sha``: the damage no PNG or zlib checksum can see, only the frame's hash."""
+        import base64
+
+        from atlasva.serve.codec import decode_png, encode_png
+
+        start = body.find(b'"png":"')
+        assert start >= 0, "no frame to corrupt in this response"
+        start += len(b'"png":"')
+        end = body.find(b'"', start)
+        pixels = decode_png(base64.b64decode(body[start:end]))
+        pixels[pixels.shape[0] // 2, pixels.shape[1] // 2, 0] ^= 0x10
+        return body[:start] + base64.b64encode(encode_png(pixels)) + body[end:]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")

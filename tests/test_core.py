@@ -183,8 +183,28 @@ def test_cli_baselines_writes_run_folder(tmp_path, monkeypatch, capsys):
     assert set(summary["eval"]["solver"]["per_env"]) == {"sokoban", "frozenlake"}
     assert summary["eval"]["random"]["episodes"] == 12
     assert (run / "levels.png").exists() and (run / "episodes-solver.jsonl").exists()
+    # the baselines ran through the agent loop: the loop's finish reasons, distinct held-out levels
+    assert summary["eval"]["solver"]["finish_reasons"] == {"success": 12}
+    assert set(summary["eval"]["random"]["finish_reasons"]) <= {"success", "max_turns", "hole", "deadlock",
+                                                                 "env_truncated", "truncated", "failure"}
+    assert summary["eval"]["solver"]["distinct_levels"] == 12
+    assert summary["splits"] == {"train_levels": 0, "eval_levels": 12, "overlap": 0}
+    stages = {json.loads(x)["stage"] for x in (run / "levels.jsonl").read_text().splitlines()}
+    assert stages == {"eval:solver", "eval:random"}
     assert main(["baselines", "demo", "episods=3"]) == 2
     assert "did you mean 'episodes'" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_unless_debug(capsys, monkeypatch):
+    monkeypatch.delenv("ATLASVA_DEBUG", raising=False)
+    assert main(["baselines", "demo", "agents=[oracle]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown agent 'oracle'" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="unknown agent"):  # the traceback reaches the user
+        main(["--debug", "baselines", "demo", "agents=[oracle]"])
+    monkeypatch.setenv("ATLASVA_DEBUG", "1")
+    with pytest.raises(ValueError, match="unknown agent"):
+        main(["baselines", "demo", "agents=[oracle]"])
 
 
 def test_every_shipped_config_loads_and_validates():

@@ -189,6 +189,9 @@ def test_user_turn_suffix_matches_full_conversation(pm: PolicyModel) -> None:
     assert incremental.pixel_values is not None and full.pixel_values is not None
     assert torch.equal(incremental.pixel_values, full.pixel_values)
     assert torch.equal(incremental.image_grid_thw, full.image_grid_thw)
+    # the source images travel with their tokens (engines that preprocess images themselves take them)
+    assert [im.tobytes() for im in incremental.images] == [_image(0).tobytes(), _image(5).tobytes()]
+    assert (incremental + [1, 2]).images == incremental.images
     closed = proc.user_turn_text("x", close_assistant=True)
     assert closed.startswith("<|im_end|>") and not proc.user_turn_text("x").startswith("<|im_end|>")
 
@@ -452,3 +455,37 @@ def test_openai_backend_gives_up_clearly(fake_server: _FakeServer) -> None:
         flaky.generate([[{"role": "user", "content": "hi"}]])
     with pytest.raises(ValueError, match="openai.model"):
         OpenAIBackend(OpenAIConfig(base_url=fake_server.url, model=""))
+
+
+def test_vllm_backend_refuses_a_layout_it_would_run_differently(tiny_dir: Path) -> None:
+    """The tiny default's interleaved M-RoPE has 32 sections; vLLM's takes 3: a clear error before any engine
+    starts (vLLM itself is tested in its own environment: `make test-vllm`)."""
+    from atlasva.policy import ModelConfig, PolicyConfig
+
+    with pytest.raises(ValueError, match="mrope_layout=chunked"):
+        Policy.from_config(PolicyConfig(backend="vllm", model=ModelConfig(path=str(tiny_dir))))
+
+
+def test_text_export_gives_the_same_text_logits(pm: PolicyModel, tiny_dir: Path, tmp_path: Path) -> None:
+    """The decoder exported as a Qwen2 folder (what vLLM's CPU build serves) scores text exactly like the policy."""
+    from transformers import Qwen2ForCausalLM
+
+    from atlasva.policy.export import export_text_model, text_weight_name
+
+    out = export_text_model(pm, tiny_dir, tmp_path / "text")
+    twin = Qwen2ForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.tensor([pm.processor.encode_prompt([{"role": "user", "content": "Push the box left."}]).input_ids])
+    with torch.no_grad():
+        a = twin(ids).logits
+        b = pm.base(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=torch.zeros_like(ids)).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert text_weight_name("model.visual.blocks.0.attn.qkv.weight") is None
+    assert (out / "tokenizer_config.json").is_file()
+
+
+def test_vllm_token_mask_takes_the_shorter_spelling() -> None:
+    from atlasva.policy.backends import vllm_token_mask
+
+    assert vllm_token_mask([5, 3, 3], 151936) == {"allowed_token_ids": [3, 5]}  # small tokenizer, big vocab
+    mask = vllm_token_mask([i for i in range(100) if i not in (7, 42)], 100)  # a real tokenizer: block the few
+    assert mask == {"logit_bias": {7: -100.0, 42: -100.0}}

@@ -1,5 +1,7 @@
 """The agent loop: token-in/token-out sequences, masks, turn ends, rewards, limits, layouts."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -51,8 +53,9 @@ def test_concat_sequences_masks_and_turn_ends(policy):
         assert all(m == 0 for t, m in zip(ids, mask) if t == image_id)
         grid = s.encoded.image_grid_thw
         assert sum(1 for t in ids if t == image_id) == int(grid.prod(-1).sum()) // 4
-        # behaviour log-probs exist exactly on trained tokens
-        assert all((lp != 0) == bool(m) or lp == 0 for lp, m in zip(s.old_logprobs, mask))
+        # behaviour log-probs exist exactly on trained tokens: a sampled token's probability is below 1
+        # (random-init model, temperature 1), and observation tokens carry none
+        assert all((lp < 0) if m else lp == 0 for lp, m in zip(s.old_logprobs, mask))
 
 
 def test_rewards_shaping_and_garbage_output(policy):
@@ -60,29 +63,70 @@ def test_rewards_shaping_and_garbage_output(policy):
     snap = memory.snapshot()
     loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=2, max_tokens_per_turn=8), gamma_turn=0.9)
     res = loop.run(_requests(), snap, seed=1)
+    nonzero = 0
     for ep in res.episodes:
         assert ep.memory_version == snap.version and ep.heuristics["shape"] == [4, 4]
         meta = {"env": "frozenlake", "level_hash": ep.level_hash, "heuristics": ep.heuristics}
+        phi = snap.view(meta)[3]  # the potential grid; F is computed here by hand from it
         for t in ep.turns:
             assert set(t.rewards) == {"env", "format", "world_model", "shaping"}
-            expected = snap.shaping(meta, t.cells, t.terminated, 0.9)
-            assert t.rewards["shaping"] == pytest.approx(expected)
+            (r0, c0), (r1, c1) = t.cells[0], t.cells[-1]
+            expected = 0.9 * (0.0 if t.terminated else phi[r1, c1]) - phi[r0, c0]
+            assert t.rewards["shaping"] == pytest.approx(expected, abs=1e-12)
+            nonzero += t.rewards["shaping"] != 0
             if not t.metrics["format_valid"]:  # a random-init model's garbage is a normal event
                 assert t.actions == [] and t.rewards["env"] == 0.0
+    assert nonzero  # γ = 0.9 reached the shaping (at γ = 1 a turn that stays put would give 0)
     memory.update(res.episodes)
     assert memory.snapshot().version > snap.version
 
 
 def test_context_limit_never_cuts_an_image(policy):
-    loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=5, max_tokens_per_turn=8, max_context_tokens=520))
+    # five turns take ~500 tokens here: 400 ends every episode by context after a few turns
+    loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=5, max_tokens_per_turn=8, max_context_tokens=400))
     res = loop.run(_requests(2), seed=2)
+    assert all(ep.failure_kind == "context" and 1 <= ep.n_turns < 5 for ep in res.episodes)
     for s in res.samples:
-        ep = res.episodes[s.episode_index]
-        assert len(s) <= 520
+        assert len(s) <= 400
         grid = s.encoded.image_grid_thw
         assert sum(1 for t in s.encoded.input_ids if t == policy.processor.image_token_id) == int(grid.prod(-1).sum()) // 4
-        if ep.failure_kind == "context":
-            assert ep.n_turns < 5
+
+
+def test_first_prompt_too_long_ends_the_episode_not_the_batch(policy):
+    # the first observation alone does not fit: the episode ends as truncated by context, nothing is generated
+    loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=3, max_tokens_per_turn=8, max_context_tokens=40))
+    res = loop.run(_requests(2), seed=2)
+    assert [(ep.outcome, ep.failure_kind, ep.n_turns) for ep in res.episodes] == [("truncated", "context", 0)] * 2
+    assert res.samples == []
+
+
+def test_each_slot_keeps_its_own_generation_budget(policy):
+    # a long prompt (text + image) next to a short one (image only): the short one's answer is not cut to
+    # the long one's room
+    reqs = [EpisodeRequest("frozenlake", 0, {"obs_mode": "both"}), EpisodeRequest("frozenlake", 1, {"obs_mode": "vision"})]
+    long_len = len(AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=1, max_tokens_per_turn=4))
+                   .run(reqs[:1], seed=0).samples[0].loss_mask) - 4
+    cap = long_len + 6  # room: 6 tokens for the long prompt, far more for the short one
+    loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=1, max_tokens_per_turn=40, max_context_tokens=cap))
+    res = loop.run(reqs, seed=5)
+    gen = {s.episode_index: sum(s.loss_mask) for s in res.samples}
+    assert all(len(s) <= cap for s in res.samples)
+    assert gen[0] <= 6 < gen[1]  # a random-init model rarely stops early: the short prompt uses its room
+
+
+class _NoLogprobs:
+    def __init__(self, backend):
+        self.backend = backend
+
+    def generate(self, prompts, **kw):
+        return [replace(o, logprobs=[]) for o in self.backend.generate(prompts, **kw)]
+
+
+def test_missing_logprobs_are_an_error_not_zeros(policy):
+    broken = Policy(_NoLogprobs(policy.backend), model=policy.model, config=policy.config)
+    loop = AgentLoop(broken, InProcessEnvPool(), RolloutConfig(max_turns=1, max_tokens_per_turn=6))
+    with pytest.raises(RuntimeError, match="log-prob"):
+        loop.run(_requests(1), seed=0)
 
 
 def test_non_concat_one_sample_per_turn_with_window(policy):
@@ -104,50 +148,58 @@ def test_stats_report_generation_share(policy):
     assert np.isfinite(list(res.stats.values())).all()
 
 
-class _ReplayBackend:
-    """Answers each generate call with the next scripted answer (one episode at a time)."""
-
-    def __init__(self, processor, answers):
-        self.processor, self.answers = processor, list(answers)
-
-    def generate(self, prompts, *, seed=None, sampling=None):
-        from atlasva.policy.backends import GenerationOutput
-
-        text = self.answers.pop(0)
-        ids = self.processor.encode_text(text).input_ids + [self.processor.eos_token_id]
-        return [GenerationOutput(token_ids=ids, text=text, logprobs=[0.0] * len(ids), finish_reason="stop")]
-
-
 @pytest.mark.parametrize("concat,window", [(True, 0), (False, 1)])
-def test_sft_demos_match_the_loop_layout(policy, concat, window):
-    # SFT must train on the very sequences a rollout builds: replaying the solver's answers through the
-    # agent loop gives the demos token for token (images included) and the same loss mask
+def test_sft_demos_are_the_solver_replayed_through_the_loop(policy, concat, window):
+    # demos come from the agent loop (scripted backend); here they are checked against the chat template
+    # laid out by hand: system + first observation, each answer + end-of-turn, next user turn, …
     from atlasva.envs.registry import make
+    from atlasva.policy.processor import content_from_obs
+    from atlasva.rollout.loop import turn_messages
     from atlasva.train.sft import build_demos
 
     config = {"format": "no_think", "random_start_goal": False}
-    memory = SkillMemory(MemoryConfig(inject_exemplars=False, inject_skills=False))
-    snap = memory.snapshot()
+    snap = SkillMemory(MemoryConfig(inject_exemplars=False, inject_skills=False)).snapshot()
     seed = 1000001
-    demos = build_demos(policy, "frozenlake", config, [seed], max_turns=5, snapshot=snap, concat=concat, window=window)
+    demos = build_demos(policy, "frozenlake", config, [seed], snapshot=snap,
+                        rollout=RolloutConfig(max_turns=5, max_tokens_per_turn=40, concat=concat, window=window))
     env = make("frozenlake", **config)
-    env.reset(seed=seed)
-    answers = []
-    while True:
-        plan = env.turn_plan()
-        answers.append(f"<answer>{', '.join(plan)}</answer>")
-        _, _, terminated, truncated, _ = env.step(answers[-1])
+    obs, info = env.reset(seed=seed)
+    meta = {"env": "frozenlake", "level_hash": info["level_hash"], "heuristics": info["heuristics"],
+            "cell": info["cells"][0], "seed": seed}
+    proc, system = policy.processor, env.system_prompt()
+    expected, history, seq, mask = [], [], None, []
+    for turn in range(5):
+        answer = f"<answer>{', '.join(env.turn_plan())}</answer>"
+        text, images = snap.inject(meta, obs, turn)
+        answer_ids = proc.encode_text(answer).input_ids + [proc.eos_token_id]
+        if concat:
+            part = (policy.encode_prompt([{"role": "system", "content": system},
+                                          {"role": "user", "content": content_from_obs(text, list(images))}])
+                    if seq is None else policy.encode_user_turn(content_from_obs(text, list(images))))
+            seq = part if seq is None else seq + part
+            mask += [0] * len(part)
+            seq, mask = seq + answer_ids, mask + [1] * len(answer_ids)
+        else:
+            prompt = policy.encode_prompt(turn_messages(system, history, text, list(images), window))
+            expected.append((prompt + answer_ids, [0] * len(prompt) + [1] * len(answer_ids)))
+        history.append((text, list(images), answer))
+        obs, _, terminated, truncated, info = env.step(answer)
+        meta["cell"] = info["cells"][-1]
         if terminated or truncated:
             break
-    assert len(answers) >= 2  # a multi-turn episode, or the test proves little
-    replay = Policy(_ReplayBackend(policy.processor, answers), model=policy.model, config=policy.config)
-    loop = AgentLoop(replay, InProcessEnvPool(), RolloutConfig(max_turns=5, max_tokens_per_turn=40, concat=concat,
-                                                                window=window))
-    res = loop.run([EpisodeRequest("frozenlake", seed, config)], snap, seed=0)
-    assert res.episodes[0].success
-    assert len(demos) == len(res.samples) == (1 if concat else len(answers))
-    for demo, sample in zip(demos, res.samples):
-        assert demo.encoded.input_ids == sample.encoded.input_ids
-        assert demo.loss_mask == sample.loss_mask
-        torch.testing.assert_close(demo.encoded.pixel_values, sample.encoded.pixel_values)
-        assert torch.equal(demo.encoded.image_grid_thw, sample.encoded.image_grid_thw)
+    assert terminated and info["metrics"]["success"] and len(history) >= 2  # a solved multi-turn episode
+    if concat:
+        expected = [(seq, mask)]
+    assert len(demos) == len(expected)
+    for demo, (enc, m) in zip(demos, expected):
+        assert demo.encoded.input_ids == enc.input_ids
+        assert demo.loss_mask == m
+        torch.testing.assert_close(demo.encoded.pixel_values, enc.pixel_values)
+        assert torch.equal(demo.encoded.image_grid_thw, enc.image_grid_thw)
+
+
+def test_scripted_backend_needs_the_loops_request_ids():
+    from atlasva.rollout.scripted import ScriptedBackend
+
+    with pytest.raises(ValueError, match="request id"):
+        ScriptedBackend({0: ["<answer>Up</answer>"]}).generate(["prompt"])

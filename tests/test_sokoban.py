@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import deque
 
 import numpy as np
@@ -151,14 +150,6 @@ def test_generator_is_seeded():
     assert generate_level(rng_a).rows() == generate_level(rng_b).rows()
 
 
-def test_generation_is_fast():
-    t = time.perf_counter()
-    for s in range(200):
-        generate_level(s)
-    per_level = (time.perf_counter() - t) / 200
-    assert per_level < 0.02  # the benchmark measures ~0.2 ms; this is only a generous guard
-
-
 @pytest.mark.parametrize(
     "kwargs,exc,needle",
     [
@@ -172,10 +163,9 @@ def test_generation_is_fast():
     ],
 )
 def test_impossible_configs_fail_fast(kwargs, exc, needle):
-    t = time.perf_counter()
+    # (how fast: benchmarks/bench_envs.py; a hang would hit pytest's timeout)
     with pytest.raises(exc, match=needle):
         SokobanEnv(**kwargs)
-    assert time.perf_counter() - t < 10
 
 
 def test_runtime_error_reports_what_was_tried():

@@ -43,6 +43,9 @@ def test_config_errors_name_the_key():
     cfg, _ = load_config(TrainConfig, None, ["algorithm.estimator=ppo2"])
     with pytest.raises(ValueError, match="bi_level_gae"):
         cfg.validate()
+    cfg, _ = load_config(TrainConfig, None, ["policy.sampling.top_p=0.9"])
+    with pytest.raises(ValueError, match="top_p=1.0"):  # behaviour log-probs would not match the sampler
+        cfg.validate()
 
 
 def test_train_writes_run_folder_inspector_and_hf_policy(tmp_path, tiny_policy_dir, capsys):
@@ -53,7 +56,11 @@ def test_train_writes_run_folder_inspector_and_hf_policy(tmp_path, tiny_policy_d
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["eval"]) == {"untrained", "sft", "rl"} and summary["rl_steps"] == 2
     for stage in summary["eval"].values():
-        assert stage["episodes"] == 4 and len(stage["success_ci95"]) == 2
+        assert stage["episodes"] == 4 == stage["distinct_levels"] and len(stage["success_ci95"]) == 2
+    # every level the run touched is listed, and the held-out ones were never trained on
+    assert summary["splits"] == {"train_levels": 6 + 2 * 2, "eval_levels": 4, "overlap": 0}
+    levels = [json.loads(x) for x in (run / "levels.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in levels} == {"sft", "rl", "eval:untrained", "eval:sft", "eval:rl"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["rl/skipped_minibatches"] == 0 for r in rows) and "rl/value_loss" in rows[0]
@@ -128,7 +135,8 @@ def test_nan_loss_skips_the_step_without_touching_weights(tiny_policy_dir):
     from atlasva.envs.pool import InProcessEnvPool
     from atlasva.policy import Policy, PolicyConfig
     from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
-    from atlasva.train.config import AlgorithmConfig
+    from atlasva.train.config import AlgorithmConfig, TrainerSection
+    from atlasva.train.estimators import AdvantageResult
     from atlasva.train.ppo import build_batch, ppo_update
 
     pcfg = PolicyConfig()
@@ -137,11 +145,11 @@ def test_nan_loss_skips_the_step_without_touching_weights(tiny_policy_dir):
     loop = AgentLoop(policy, InProcessEnvPool(), RolloutConfig(max_turns=1, max_tokens_per_turn=6))
     res = loop.run([EpisodeRequest("frozenlake", 0, {"format": "no_think"})], seed=0)
     batch = build_batch(res)
-    adv = torch.full_like(batch.loss_mask, float("nan"))
+    adv = AdvantageResult(torch.full_like(batch.loss_mask, float("nan")), None, batch.loss_mask)
     before = [p.detach().clone() for p in policy.model.trainable_parameters()]
     opt = torch.optim.AdamW(policy.model.trainable_parameters(), lr=1e-2)
-    stats = ppo_update(policy, opt, batch, adv, None, None, batch.loss_mask, AlgorithmConfig(estimator="grpo"),
-                       epochs=1, minibatch_size=4, grad_accum=1, max_grad_norm=1.0, temperature=1.0,
+    tc = TrainerSection(ppo_epochs=1, minibatch_size=4, temperature=1.0)
+    stats = ppo_update(policy, opt, batch, adv, None, AlgorithmConfig(estimator="grpo"), tc,
                        rng=np.random.default_rng(0))
     assert stats["rl/skipped_minibatches"] == 1
     assert all(torch.equal(a, b) for a, b in zip(before, policy.model.trainable_parameters()))

@@ -174,9 +174,11 @@ def test_lerobot_bad_datasets_are_clear_errors(tmp_path: Path) -> None:
         LeRobotDataset(tmp_path / "c").read_episode(9)
 
 
-def test_writer_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_writer_round_trip(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> None:
     feats = {"observation.image": {"dtype": "image", "shape": [8, 8, 3]}, "action": {"dtype": "float32", "shape": [4]}}
-    w = LeRobotWriter(tmp_path / "ds", fps=20, features=feats)
+    # v3.0: a tiny size limit puts the second episode in a second data file
+    w = LeRobotWriter(tmp_path / "ds", fps=20, features=feats, version=version, data_file_size_mb=1e-4)
     rng = np.random.default_rng(0)
     eps = [(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), rng.standard_normal((n, 4)).astype(np.float32)) for n in (3, 5)]
     for i, (img, act) in enumerate(eps):
@@ -193,6 +195,57 @@ def test_writer_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(ds.stats["action"]["mean"], np.concatenate([a for _, a in eps]).mean(0), rtol=1e-5)
     with pytest.raises(FileExistsError):
         LeRobotWriter(tmp_path / "ds", fps=20, features=feats)
+    # what LeRobot needs: fps an integer, stats for every feature (images per channel, [3, 1, 1], in [0, 1]),
+    # and the datasets feature types in the parquet metadata (images decode as images)
+    assert ds.version == version and isinstance(ds.info["fps"], int)
+    stats = json.loads((tmp_path / "ds/meta/stats.json").read_text())
+    assert set(stats) == {"observation.image", "action", "timestamp", "frame_index", "episode_index", "index", "task_index"}
+    pixels = np.concatenate([i for i, _ in eps]).reshape(-1, 3) / 255.0
+    assert np.asarray(stats["observation.image"]["mean"]).shape == (3, 1, 1)
+    np.testing.assert_allclose(np.asarray(stats["observation.image"]["mean"]).ravel(), pixels.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats["observation.image"]["max"]).ravel(), pixels.max(0))
+    files = sorted((tmp_path / "ds/data").rglob("*.parquet"))
+    assert len(files) == 2
+    hf = json.loads(pq.read_schema(files[0]).metadata[b"huggingface"])["info"]["features"]
+    assert hf["observation.image"] == {"_type": "Image"} and hf["action"]["length"] == 4 and hf["index"]["_type"] == "Value"
+    # reading the whole dataset reads each data file once
+    reads: list[str] = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    assert [e.index for e, _ in ds.iter_episodes(["action"])] == [0, 1]
+    assert sorted(reads) == [str(f) for f in files]
+    with pytest.raises(ValueError, match="positive integer"):
+        LeRobotWriter(tmp_path / "other", fps=12.5, features=feats)
+
+
+def test_v30_reading_reads_a_shared_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    feats = {"action": {"dtype": "float32", "shape": [2]}}
+    w = LeRobotWriter(tmp_path / "ds", fps=10, features=feats, version="v3.0")
+    for n in (2, 3, 4):
+        w.add_episode({"action": np.full((n, 2), n, np.float32)}, task="t")
+    w.finalize()
+    reads: list[str] = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+
+    ds = LeRobotDataset(tmp_path / "ds")
+    reads.clear()
+    lengths = [len(d["action"]) for _, d in ds.iter_episodes(["action"])]
+    assert lengths == [2, 3, 4] and len(reads) == 1  # three episodes, one shared file, one read
+
+
+def test_image_transforms_and_resize() -> None:
+    from atlasva.vla.data import resize_frames, transform_image
+
+    x = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    np.testing.assert_array_equal(transform_image(x, "rot180")[0, 0], x[1, 1])
+    np.testing.assert_array_equal(transform_image(x, "flip_vertical")[0, 1], x[1, 1])
+    np.testing.assert_array_equal(transform_image(x, "none"), x)
+    with pytest.raises(ValueError, match="rot180"):
+        transform_image(x, "upside")
+    flat = np.full((3, 4, 4, 3), 7, np.uint8)
+    assert resize_frames(flat, 2).shape == (3, 2, 2, 3) and (resize_frames(flat, 2) == 7).all()
+    assert resize_frames(flat, 4) is not None and resize_frames(flat, None).shape == (3, 4, 4, 3)
 
 
 def test_normalizer_round_trip(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         assert not np.allclose(goals[0], goals[2])
         frame = sim.image()
         assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and frame.std() > 0
-        expert = run_episode(sim, None, "reach the red goal", seed=3, max_steps=150, execute_steps=1)
+        expert = run_episode(sim, None, "reach the red goal", seed=3, max_steps=150)
         assert expert["success"] and expert["steps"] < 150
 
         geometry = make_geometry("tiny", image_size=32, patch_size=8, vision_dim=32, dim=32, heads=2, text_hidden=32,
@@ -103,8 +103,8 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         stats = {k: {"mean": [0.0] * 4, "std": [1.0] * 4, "q01": [-1.0] * 4, "q99": [1.0] * 4}
                  for k in ("action", "observation.state")}
         policy = VLAPolicy({f"model/{k}": v for k, v in model.state_dict().items()},
-                           {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}})
-        rec = run_episode(sim, policy, "reach the red goal", seed=100000, max_steps=12, execute_steps=4, keep_frames=True)
+                           {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}}, execute_steps=4)
+        rec = run_episode(sim, policy, "reach the red goal", seed=100000, max_steps=12, keep_frames=True)
         assert rec["steps"] == 12 and rec["turns"] == 3 and len(rec.pop("_frames")) == 3
         assert isinstance(rec["success"], bool) and rec["chunk_latency_ms"] > 0
         json.dumps(rec)
@@ -202,3 +202,35 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "trained on" in capsys.readouterr().err
     # bad input: an unknown key names the nearest valid one
     assert vla_main(["train", str(cfg), "train.stepz=3"]) == 2
+
+
+def test_policy_pops_a_queue_of_executed_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # chunk 4, execute 3: queries at steps 0, 3, 6; each step pops the next of the chunk's first 3 actions
+    geometry = make_geometry("tiny", image_size=32, patch_size=8, vision_dim=32, dim=32, heads=2, text_hidden=32,
+                             text_heads=2, text_kv_heads=1, text_intermediate=64, decoder_dim=32, decoder_heads=2,
+                             decoder_layers=1, chunk=4, action_dim=2, state_dim=0)
+    model = build_model(geometry, seed=0)
+    stats = {"action": {"mean": [0.0] * 2, "std": [1.0] * 2, "q01": [-1.0] * 2, "q99": [1.0] * 2}}
+    policy = VLAPolicy({f"model/{k}": v for k, v in model.state_dict().items()},
+                       {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}}, execute_steps=3)
+    calls: list[int] = []
+
+    def fake_act(image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
+        calls.append(int(image[0, 0, 0]))
+        return np.arange(8, dtype=np.float32).reshape(4, 2) + 100 * len(calls)
+
+    monkeypatch.setattr(policy, "act", fake_act)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    got = []
+    for step in range(7):
+        views = frame + step if policy.needs_observation else None
+        got.append(policy.select_action(views, "go", None)[0])
+    assert calls == [0, 3, 6] and policy.queries == 3
+    assert got == [100, 102, 104, 200, 202, 204, 300]
+    policy.reset()
+    assert policy.needs_observation and policy.queries == 0
+    with pytest.raises(ValueError, match="needs this step's views"):
+        policy.select_action(None, "go", None)
+    with pytest.raises(ValueError, match="execute_steps must be ≥ 1"):
+        VLAPolicy({f"model/{k}": v for k, v in model.state_dict().items()},
+                  {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}}, execute_steps=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlasva.envs.base import IMAGE_PLACEHOLDER, AtlasEnv, NoSolverError, level_hash
+from atlasva.envs.base import IMAGE_PLACEHOLDER, AtlasEnv, LimitError, NoSolverError, level_hash
 from atlasva.envs.registry import EnvSpec, env_class, load_spec, make, names, register
 
 
@@ -19,6 +19,7 @@ __all__ = [
     "AtlasEnv",
     "EnvSpec",
     "IMAGE_PLACEHOLDER",
+    "LimitError",
     "NoSolverError",
     "env_class",
     "level_hash",

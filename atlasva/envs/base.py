@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import string
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -21,10 +22,23 @@ from gymnasium import spaces
 from atlasva import formats
 
 OBS_MODES = ("vision", "text", "both")
-IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PLACEHOLDER = formats.IMAGE_PLACEHOLDER
 #: Characters any env may write into ``obs["text"]`` (ASCII printable plus grid symbols).
 TEXT_CHARSET = frozenset(string.printable) | frozenset("√×·→←↑↓")
 MAX_OBS_CHARS = 16384
+
+
+class LimitError(ValueError):
+    """A config value or a given level is over a resource bound the env declares in ``limits``.
+
+    ``key`` names the config key (or ``"options.level"``, ``"image_pixels"``), ``limit`` the largest
+    accepted value; the env server turns it into a 4xx naming both.
+    """
+
+    def __init__(self, env: str, key: str, value: Any, limit: int, unit: str = "") -> None:
+        unit = f" {unit}" if unit else ""
+        super().__init__(f"{env}: {key}={value} is over the limit of {limit}{unit} (see {env} limits[{key!r}])")
+        self.env, self.key, self.value, self.limit = env, key, value, limit
 
 
 class NoSolverError(NotImplementedError):
@@ -66,6 +80,10 @@ class AtlasEnv(gym.Env, ABC):
     action_sep: ClassVar[str] = ","
     #: Legal action names, as shown to the model (grid envs); parametric envs may leave it empty.
     action_names: ClassVar[tuple[str, ...]] = ()
+    #: Resource bounds (inclusive maxima) by config key, enforced at construction so a config can never
+    #: make an env allocate without bound. ``image_pixels``: H×W of one frame; ``options.level``: rows
+    #: and columns of a level given to ``reset``. Subclasses extend it next to their config.
+    limits: ClassVar[Mapping[str, int]] = {"max_actions_per_turn": 32, "image_pixels": 1024 * 1024, "options.level": 64}
 
     def __init__(
         self,
@@ -86,6 +104,7 @@ class AtlasEnv(gym.Env, ABC):
             raise ValueError(f"render_mode={render_mode!r}; accepted: {self.metadata['render_modes']} or None")
         if int(max_actions_per_turn) < 1:
             raise ValueError(f"max_actions_per_turn must be >= 1, got {max_actions_per_turn}")
+        self.check_limit("max_actions_per_turn", max_actions_per_turn)
         if max_turns is not None and int(max_turns) < 1:
             raise ValueError(f"max_turns must be >= 1 or None, got {max_turns}")
         self.obs_mode = obs_mode
@@ -102,10 +121,35 @@ class AtlasEnv(gym.Env, ABC):
         self._events: list[dict[str, Any]] = []  # events of the primitive actions of the current step
         self._primitive = 0
 
+    # ------------------------------------------------------------------ limits
+    def check_limit(self, key: str, value: Any, unit: str = "") -> None:
+        """Raise :class:`LimitError` if ``value`` (a number, or a sequence checked element-wise) is over
+        ``limits[key]``. Call it before allocating anything that grows with ``value``."""
+        limit = self.limits.get(key)
+        if limit is None:
+            return
+        values = value if isinstance(value, list | tuple) else (value,)
+        if any(float(v) > limit for v in values):
+            raise LimitError(self.env_name, key, list(value) if isinstance(value, tuple) else value, limit, unit)
+
+    def check_image_shape(self, height: int, width: int) -> None:
+        """Frames of ``height``×``width`` pixels must fit ``limits["image_pixels"]``."""
+        limit = self.limits["image_pixels"]
+        if int(height) * int(width) > limit:
+            raise LimitError(self.env_name, "image_pixels", f"{int(height) * int(width)} ({height}x{width})", limit, "pixels")
+
+    def frame_pixels(self) -> int:
+        """Pixels of the images one observation carries (0 in text mode): what a server budgets."""
+        if self.obs_mode == "text":
+            return 0
+        h, w = self.image_shape[:2]
+        return int(h) * int(w)
+
     # ------------------------------------------------------------------ spaces
     def _build_spaces(self) -> None:
         """Call at the end of a subclass ``__init__`` once ``image_shape`` is known."""
         h, w, _ = self.image_shape
+        self.check_image_shape(h, w)
         self.observation_space = spaces.Dict(
             {
                 "text": spaces.Text(max_length=MAX_OBS_CHARS, min_length=0, charset="".join(sorted(TEXT_CHARSET))),
@@ -222,6 +266,10 @@ class AtlasEnv(gym.Env, ABC):
                 rows = rows.splitlines()
             if not isinstance(rows, list | tuple) or not all(isinstance(r, str) for r in rows):
                 raise ValueError("options['level'] must be a list of strings (one per row) or a newline-joined string")
+            cols = max((len(r.strip()) for r in rows), default=0)
+            if max(len(rows), cols) > self.limits["options.level"]:  # before parsing: a level is user input
+                raise LimitError(self.env_name, "options.level", f"{len(rows)}x{cols}", self.limits["options.level"],
+                                 "rows or columns")
             self._load_level([r for r in rows if r.strip()])
             self.seed_used: int | None = None
         else:

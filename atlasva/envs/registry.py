@@ -2,8 +2,12 @@
 
 A spec (``configs/envs/NAME.yaml``) names an env, its constructor config and the seed ranges of
 its splits. Splits are disjoint by seed (non-overlapping ranges) *and* by level content: a level
-belongs to the validation split iff its content hash falls in the validation bucket, so the same
-level can never appear in both, whichever seeds produced it.
+belongs to the validation split iff its content hash falls in the validation bucket
+(:func:`level_split`), so the same level can never appear in both, whichever seeds produced it.
+
+The hash is taken on the level a run really plays: the spec's config merged with the run's overrides
+(``EnvSpec.levels(split, n, overrides=...)``). A level generated under another config is another
+level — hashing the spec's own config while playing an overridden one is how held-out levels leak.
 """
 
 from __future__ import annotations
@@ -110,34 +114,62 @@ class EnvSpec:
         if not 0.0 < self.validation_share < 1.0:
             raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share}")
 
+    def final_config(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The env config a run plays: the spec's config with the run's overrides on top."""
+        return {**self.config, **(overrides or {})}
+
     def make(self, **overrides: Any) -> AtlasEnv:
-        return make(self.env, **{**self.config, **overrides})
+        return make(self.env, **self.final_config(overrides))
 
     def in_split(self, level_hash: str, split: str) -> bool:
-        bucket = int(level_hash[:8], 16) / 0xFFFFFFFF
-        return (bucket < self.validation_share) == (split == "validation")
+        return level_split(level_hash, self.validation_share) == split
 
-    def seeds(self, split: str, n: int, *, max_tries: int | None = None) -> list[int]:
-        """The first ``n`` seeds of ``split`` whose levels belong to it (deterministic)."""
+    def levels(self, split: str, n: int, *, overrides: dict[str, Any] | None = None, distinct: bool = True,
+               max_tries: int | None = None) -> list[tuple[int, str]]:
+        """The first ``n`` (seed, level hash) pairs of ``split`` under the final config (deterministic).
+
+        ``distinct``: each level once (n episodes = n levels); otherwise seeds that repeat a level count."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; accepted: {SPLITS}")
         lo, hi = self.splits[split]
-        env = self.make(obs_mode="text")
-        out: list[int] = []
-        budget = max_tries if max_tries is not None else 50 * n + 100
-        for tries, seed in enumerate(range(lo, hi)):
-            if len(out) >= n:
-                break
-            if tries >= budget:
-                raise RuntimeError(
-                    f"only {len(out)}/{n} {split} levels of {self.env!r} found in {budget} seeds from {lo}"
-                )
-            _, info = env.reset(seed=seed)
-            if self.in_split(info["level_hash"], split):
-                out.append(seed)
+        config = {k: v for k, v in self.final_config(overrides).items() if k != "obs_mode"}
+        env = make(self.env, **config, obs_mode="text")  # the level does not depend on how it is shown
+        out: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        budget = max_tries if max_tries is not None else 200 * n + 1000
+        try:
+            for tries, seed in enumerate(range(lo, hi)):
+                if len(out) >= n:
+                    break
+                if tries >= budget:
+                    break
+                _, info = env.reset(seed=seed)
+                h = info["level_hash"]
+                if not self.in_split(h, split) or (distinct and h in seen):
+                    continue
+                seen.add(h)
+                out.append((seed, h))
+        finally:
+            env.close()
         if len(out) < n:
-            raise RuntimeError(f"seed range {lo}..{hi} of {split!r} holds fewer than {n} levels")
+            what = "distinct levels" if distinct else "levels"
+            raise RuntimeError(
+                f"only {len(out)}/{n} {split} {what} of {self.env!r} found in seeds {lo}.. (tried {min(budget, hi - lo)}); "
+                "the env has too few distinct levels for this many episodes — ask for fewer, widen the split's "
+                "seed range, or allow repeats"
+            )
         return out
+
+    def seeds(self, split: str, n: int, *, overrides: dict[str, Any] | None = None, distinct: bool = True,
+              max_tries: int | None = None) -> list[int]:
+        """The seeds of :meth:`levels`."""
+        return [s for s, _ in self.levels(split, n, overrides=overrides, distinct=distinct, max_tries=max_tries)]
+
+
+def level_split(level_hash: str, validation_share: float) -> str:
+    """The split a level belongs to, from its content hash alone (``train`` or ``validation``)."""
+    bucket = int(level_hash[:8], 16) / 0xFFFFFFFF
+    return "validation" if bucket < validation_share else "train"
 
 
 def load_spec(name_or_path: str | Path) -> EnvSpec:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from atlasva.formats import IMAGE_PLACEHOLDER
 from atlasva.memory.atlas import (
     Atlas,
     BatchStats,
@@ -55,7 +56,6 @@ from atlasva.memory.render import (
 from atlasva.memory.shaping import default_lambda, potential_grid, turn_shaping
 from atlasva.memory.skills import SkillMiner
 
-IMAGE_PLACEHOLDER = "<image>"  # the same placeholder the envs write (atlasva.envs.IMAGE_PLACEHOLDER)
 FORMAT = "atlasva.skill_memory"
 FORMAT_VERSION = 2  # 2: box/grasp atlases, pattern-keyed skills
 STATE_FILE = "memory.json"

@@ -8,17 +8,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from atlasva.formats import IMAGE_PLACEHOLDER
+
 LEGEND = (
-    "Memory map <image>: red = danger (hazards, past failures), green = affinity (past successful paths), "
-    "white box = you, blue box = goal."
+    f"Memory map {IMAGE_PLACEHOLDER}: red = danger (hazards, past failures), "
+    "green = affinity (past successful paths), white box = you, blue box = goal."
 )
 OVERLAY_LEGEND = (
     "The observation is tinted with the memory map: red = danger (hazards, past failures), "
     "green = affinity (past successful paths)."
 )
 BOX_LEGEND = (
-    "Memory maps <image>: left = where you walk, right = where boxes go; red = danger (hazards, dead cells, "
-    "past failures), green = affinity (past successful paths), white box = you (left) and the boxes (right), "
+    f"Memory maps {IMAGE_PLACEHOLDER}: left = where you walk, right = where boxes go; "
+    "red = danger (hazards, dead cells, past failures), green = affinity (past successful paths), white box = you (left) and the boxes (right), "
     "blue box = targets."
 )
 GRASP_LEGEND = (

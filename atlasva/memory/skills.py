@@ -15,13 +15,13 @@ votes +1 (the batch rate agrees, ≥ 0.5) or −1; a rule whose score falls belo
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from atlasva.memory.atlas import LevelGeometry, turn_events
+from atlasva.stats import wilson_interval
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 WHERE = {"left": "to your left", "right": "to your right", "up": "above you", "down": "below you"}
@@ -30,16 +30,9 @@ MAX_WORDS = 32
 _DIR_ORDER = tuple(DIRECTIONS)
 
 
-def wilson_lower(successes: float, n: float, z: float = 1.96) -> float:
-    """Lower end of the Wilson score interval for a rate of ``successes``/``n`` (0 when n = 0)."""
-    if n <= 0:
-        return 0.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - margin) / denom)
-
+def wilson_lower(successes: float, n: float) -> float:
+    """Lower end of the 95% Wilson score interval for a rate of ``successes``/``n`` (0 when n = 0)."""
+    return wilson_interval(successes, n)[0] if n > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- pattern keys

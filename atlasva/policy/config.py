@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BACKENDS = ("hf", "openai")
+BACKENDS = ("hf", "vllm", "openai")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -88,7 +88,7 @@ class OpenAIConfig:
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key ("" = none)
     timeout_s: float = 120.0
     max_retries: int = 4
-    backoff_s: float = 1.0  # first retry waits this long, then doubles (Retry-After wins when given)
+    backoff_s: float = 1.0  # first retry waits up to this long (jittered), then doubles; Retry-After wins
     max_backoff_s: float = 30.0
     requests_per_second: float = 0.0  # 0 = no rate limit
     max_concurrency: int = 8
@@ -98,8 +98,28 @@ class OpenAIConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM's offline engine on the policy's own model folder (``policy.backend=vllm``; the ``vllm`` extra)."""
+
+    gpu_memory_utilization: float = 0.5  # share of the GPU for weights + KV cache (the trainer needs the rest)
+    tensor_parallel_size: int = 1
+    max_model_len: int = 0  # 0 = the model's own limit
+    max_num_seqs: int = 256  # sequences decoded together
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    enforce_eager: bool = False  # true: no CUDA graphs (faster start, slower decode)
+    enable_prefix_caching: bool = True  # multi-turn prompts share their history's KV cache
+    max_images_per_prompt: int = 16  # an episode's images in one concatenated prompt
+    #: CPU builds only: KV-cache size in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE)
+    cpu_kv_cache_gib: float = 1.0
+    #: inside a trainer, copy the local model's weights into vLLM before a generation whenever they
+    #: changed (an optimiser step, a checkpoint load); false = evaluation of a fixed checkpoint
+    sync_weights: bool = True
+
+
+@dataclass
 class PolicyConfig:
-    backend: str = "hf"  # hf | openai
+    backend: str = "hf"  # hf | vllm | openai
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)

@@ -95,20 +95,34 @@ def _mrope_section(head_dim: int, layout: str = "interleaved") -> list[int]:
     raise ValueError(f"tiny.mrope_layout={layout!r}; accepted: interleaved, chunked")
 
 
-def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
-    """A ``Qwen2_5_VLConfig`` for the tiny policy whose token ids agree with ``tokenizer``."""
+def qwen25_vl_config(text: dict[str, Any], vision: dict[str, Any], tokenizer: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` with this geometry whose token ids agree with ``tokenizer`` (the vocabulary is
+    at least the tokenizer's size rounded up to 64)."""
     from transformers import Qwen2_5_VLConfig
 
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
+    text = {**text, "vocab_size": max(int(text.get("vocab_size", 0)), -(-len(tokenizer) // 64) * 64),
+            "bos_token_id": None, "eos_token_id": tokenizer.convert_tokens_to_ids(EOS_TOKEN),
+            "pad_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN)}
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[VIDEO_TOKEN],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=text.get("tie_word_embeddings", True),
+    )
+
+
+def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
+    """A ``Qwen2_5_VLConfig`` for the tiny policy whose token ids agree with ``tokenizer``."""
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(f"tiny.hidden_size={cfg.hidden_size} must be divisible by num_attention_heads")
     if cfg.vision_hidden_size % cfg.vision_num_heads:
         raise ValueError(f"tiny.vision_hidden_size={cfg.vision_hidden_size} must be divisible by vision_num_heads")
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)}
-    vocab = -(-len(tokenizer) // 64) * 64
-    eos, pad = tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     text = {
-        "vocab_size": vocab,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers,
@@ -118,9 +132,6 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": _mrope_section(head_dim, cfg.mrope_layout)},
         "use_sliding_window": False,
         "tie_word_embeddings": cfg.tie_word_embeddings,
-        "bos_token_id": None,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
     }
     vision = {
         "depth": cfg.vision_depth,
@@ -134,15 +145,7 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer: Any) -> Any:
         "window_size": cfg.patch_size * cfg.spatial_merge_size * 4,
         "fullatt_block_indexes": [cfg.vision_depth - 1],
     }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids[IMAGE_TOKEN],
-        video_token_id=ids[VIDEO_TOKEN],
-        vision_start_token_id=ids[VISION_START],
-        vision_end_token_id=ids[VISION_END],
-        tie_word_embeddings=cfg.tie_word_embeddings,
-    )
+    return qwen25_vl_config(text, vision, tokenizer)
 
 
 def _tiny_fingerprint(cfg: TinyModelConfig) -> dict[str, Any]:
@@ -216,6 +219,27 @@ def load_model(path: str | Path, *, device: torch.device, dtype: torch.dtype, at
         str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
     )
     return model.to(device)
+
+
+def model_folder(cfg: ModelConfig, init_dir: str | Path | None = None) -> Path:
+    """``model.path``, or the tiny default created (once) in ``init_dir`` / ``model.init_dir``."""
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    folder = init_dir or cfg.init_dir
+    if not folder:
+        raise ValueError("the tiny default policy needs a folder to live in: set model.init_dir "
+                         "(e.g. RUN/policy-init) or pass init_dir=")
+    return create_tiny_policy(folder, cfg.tiny)
+
+
+def allowed_token_ids(processor: PolicyProcessor, vocab_size: int) -> list[int]:
+    """Ids the policy may generate: every real token except special and vision tokens, plus the
+    end-of-turn token (embedding rows past the tokenizer have no token and stay out)."""
+    blocked = set(special_token_ids(processor.tokenizer))
+    ids = {i for i in range(min(vocab_size, len(processor.tokenizer))) if i not in blocked}
+    if processor.eos_token_id < vocab_size:
+        ids.add(processor.eos_token_id)
+    return sorted(ids)
 
 
 class ValueHead(nn.Module):
@@ -299,11 +323,8 @@ class PolicyModel:
         self.value_head = value_head
         base = unwrap(model)
         vocab = int(base.get_output_embeddings().weight.shape[0])
-        allowed = torch.ones(vocab, dtype=torch.bool)
-        blocked = [i for i in special_token_ids(processor.tokenizer) if i < vocab]
-        allowed[blocked] = False
-        allowed[len(processor.tokenizer) :] = False  # embedding rows with no token
-        allowed[processor.eos_token_id] = True
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[allowed_token_ids(processor, vocab)] = True
         self.allowed = allowed.to(self.device)
         self.blocked_ids = sorted(set(range(vocab)) - set(torch.nonzero(allowed).flatten().tolist()))
 
@@ -317,14 +338,7 @@ class PolicyModel:
             raise ValueError(f"model.cpu_threads={cfg.cpu_threads} must be >= 0 (0 = torch's default)")
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
-        if cfg.path:
-            path = Path(cfg.path).expanduser()
-        else:
-            folder = init_dir or cfg.init_dir
-            if not folder:
-                raise ValueError("the tiny default policy needs a folder to live in: set model.init_dir "
-                                 "(e.g. RUN/policy-init) or pass init_dir=")
-            path = create_tiny_policy(folder, cfg.tiny)
+        path = model_folder(cfg, init_dir)
         return cls.from_pretrained(
             path, device=device, dtype=dtype, attn_implementation=cfg.attn_implementation,
             value_head=cfg.value_head, lora=cfg.lora if cfg.lora.enable else None,
@@ -504,23 +518,27 @@ class PolicyModel:
         return SequenceScores(logprobs=logprobs, values=values, entropy=entropy)
 
     # ---------------------------------------------------------------- saving
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The plain model's weights under its Hugging Face names, LoRA adapters merged in (copies when
+        LoRA is on, the live tensors otherwise): what a saved folder holds and what vLLM loads."""
+        base = self.base
+        if not self.is_lora:
+            return dict(base.state_dict())
+        self.model.merge_adapter()
+        try:
+            return {key.replace(".base_layer.", "."): value.detach().clone()
+                    for key, value in base.state_dict().items() if "lora_" not in key}
+        finally:
+            self.model.unmerge_adapter()
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """A plain Hugging Face folder (LoRA merged into the weights), plus ``value_head.safetensors``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = self.base
         if self.is_lora:
-            self.model.merge_adapter()
-            try:
-                state = {}
-                for key, value in base.state_dict().items():
-                    if "lora_" in key:
-                        continue
-                    state[key.replace(".base_layer.", ".")] = value.detach().clone()
-            finally:
-                self.model.unmerge_adapter()
-            base.save_pretrained(str(directory), state_dict=state)
-            # peft may have touched the config; what we wrote is a plain model
+            # peft may have touched the config; what we write is a plain model
+            base.save_pretrained(str(directory), state_dict=self.merged_state_dict())
         else:
             base.save_pretrained(str(directory))
         self.processor.save_pretrained(directory)

@@ -28,13 +28,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from atlasva.formats import IMAGE_PLACEHOLDER
 from atlasva.policy.tokenizer import EOS_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN
 
 Message = dict[str, Any]
@@ -206,11 +207,16 @@ class QwenImageProcessor:
 
 @dataclass
 class Encoded:
-    """Token ids with the images they reference (in order), ready to concatenate turn by turn."""
+    """Token ids with the images they reference (in order), ready to concatenate turn by turn.
+
+    ``images`` keeps the source images (uint8 H×W×3) next to their patches: engines that preprocess
+    images themselves (vLLM, verl's rollout servers) take the images, the local model the patches.
+    """
 
     input_ids: list[int]
     pixel_values: torch.Tensor | None = None  # (patches, C·T·P·P) float32
     image_grid_thw: torch.Tensor | None = None  # (images, 3) int64
+    images: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -221,10 +227,11 @@ class Encoded:
 
     def __add__(self, other: Encoded | Sequence[int]) -> Encoded:
         if not isinstance(other, Encoded):
-            return Encoded([*self.input_ids, *(int(i) for i in other)], self.pixel_values, self.image_grid_thw)
+            return Encoded([*self.input_ids, *(int(i) for i in other)], self.pixel_values, self.image_grid_thw,
+                           list(self.images))
         pv = _cat(self.pixel_values, other.pixel_values)
         grid = _cat(self.image_grid_thw, other.image_grid_thw)
-        return Encoded([*self.input_ids, *other.input_ids], pv, grid)
+        return Encoded([*self.input_ids, *other.input_ids], pv, grid, [*self.images, *other.images])
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -235,7 +242,7 @@ def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([a, b], dim=0)
 
 
-def content_from_obs(text: str, images: Sequence[Any] = (), placeholder: str = "<image>") -> list[dict[str, Any]]:
+def content_from_obs(text: str, images: Sequence[Any] = (), placeholder: str = IMAGE_PLACEHOLDER) -> list[dict[str, Any]]:
     """An env observation (text with one ``<image>`` per image) as message content items, in order."""
     parts = text.split(placeholder)
     if len(parts) - 1 != len(images):
@@ -340,7 +347,7 @@ class PolicyProcessor:
                 ids.extend(self._tokenize(piece))
             if i < len(images):
                 ids.extend([self.image_token_id] * (int(grid[i].prod()) // merge))
-        return Encoded(ids, pixel_values, grid)
+        return Encoded(ids, pixel_values, grid, [to_uint8_rgb(im) for im in images])
 
     def _tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -2,8 +2,14 @@
 
 - Batched: one request per server per ``reset``/``step`` (chunked by ``batch_size``), servers
   called in parallel.
-- Bounded retries with exponential backoff (and jitter) on connection errors, timeouts and
-  502/504; 503 (server full) waits for ``Retry-After`` up to ``capacity_wait`` seconds.
+- Bounded retries with exponential backoff and jitter (:mod:`atlasva.retry`, the one helper) on
+  connection errors, timeouts, dropped or malformed responses and 502/504; 503 (server full or busy)
+  waits for ``Retry-After`` up to ``capacity_wait`` seconds. A 422 ``frame_budget`` (too many image
+  pixels for one response) splits the batch in halves.
+- Distrustful: responses are read up to ``max_response_bytes``; every frame is checked before use
+  (declared shape before inflating, pixels against their hash; :class:`~atlasva.serve.codec.FrameError`)
+  and a frame that fails is fetched again through the idempotent replay of the same request — a second
+  failure is a clear error.
 - Idempotent: every step carries its index, every create a client-chosen session id and every
   reset an episode number, so a retried request never steps or resets an env twice.
 - Load balancing: new sessions go to the reachable servers with the most free capacity.
@@ -15,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -22,13 +29,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import httpx
 
 from atlasva.envs.pool import EnvPool, StepResult, split_config
-from atlasva.serve.codec import ImageDecoder, decode_obs, decode_step, digest
+from atlasva.retry import Backoff, RetriesExhausted, RetryableError, call_with_retries, retry_after_seconds
+from atlasva.serve.codec import MAX_FRAME_PIXELS, FrameError, ImageDecoder, decode_obs, decode_step, digest
 
 API = "/v1/sessions"
 T = TypeVar("T")
@@ -87,7 +95,8 @@ class HttpEnvPool(EnvPool):
     ``retries``: attempts after the first on a transport error before a server counts as down;
     ``failover_wait``: seconds to wait for any server to come back when none is reachable;
     ``capacity_wait``: seconds to keep retrying 503s; ``dead_cooldown``: seconds a down server
-    is not given new sessions.
+    is not given new sessions; ``timeout``: seconds per request (then it is retried);
+    ``max_response_bytes`` / ``max_frame_pixels``: the largest response body / frame accepted.
     """
 
     def __init__(
@@ -106,6 +115,8 @@ class HttpEnvPool(EnvPool):
         verify_replay: bool = True,
         image_cache_bytes: int = 64 << 20,
         trust_env: bool = False,
+        max_response_bytes: int = 512 << 20,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -117,8 +128,10 @@ class HttpEnvPool(EnvPool):
             raise ValueError(f"retries must be >= 0 and batch_size >= 1, got {retries} and {batch_size}")
         self.urls = [u.rstrip("/") for u in urls]
         self.retries = int(retries)
-        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self._backoff = Backoff(retries=self.retries, base=float(backoff), cap=float(max_backoff),
+                                patience=float(capacity_wait))
         self.capacity_wait, self.failover_wait = float(capacity_wait), float(failover_wait)
+        self.max_response_bytes = int(max_response_bytes)
         self.dead_cooldown = float(dead_cooldown)
         self.batch_size = int(batch_size)
         self.verify_replay = bool(verify_replay)
@@ -134,7 +147,7 @@ class HttpEnvPool(EnvPool):
             limits=httpx.Limits(max_connections=4 * n + 4, max_keepalive_connections=4 * n + 4),
         )
         self._executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="atlasva-http") if n > 1 else None
-        self._decoder = ImageDecoder(image_cache_bytes)
+        self._decoder = ImageDecoder(image_cache_bytes, max_pixels=max_frame_pixels)
         self._threads = max(1, min(4, os.cpu_count() or 1))
         self._decode_pool: ThreadPoolExecutor | None = None
         self._dead_until = [0.0] * n
@@ -142,67 +155,86 @@ class HttpEnvPool(EnvPool):
         self._lock = threading.Lock()
         self._slots: list[_Slot] = []
         self._closed = False
-        #: counters: requests sent, retries, sessions rebuilt by replay, steps replayed
-        self.stats = {"requests": 0, "retries": 0, "rebuilt": 0, "replayed_steps": 0}
+        #: counters: requests sent, retries, sessions rebuilt by replay, steps replayed, frames fetched
+        #: again after failing their check, batches split for the server's frame budget
+        self.stats = {"requests": 0, "retries": 0, "rebuilt": 0, "replayed_steps": 0, "refetched": 0, "splits": 0}
 
     # ------------------------------------------------------------------ transport
-    def _delay(self, attempt: int) -> float:
-        base = min(self.max_backoff, self.backoff * (2 ** max(0, attempt - 1)))
-        return base * (0.5 + 0.5 * self._rng.random())
+    def _send(self, url: str, body: dict[str, Any]) -> tuple[int, httpx.Headers, bytes]:
+        """One POST, the response read up to ``max_response_bytes``."""
+        with self._http.stream("POST", url, json=body) as r:
+            declared = r.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise ServeError(r.status_code, "response_too_large",
+                                 f"{declared} bytes announced; the client's limit is {self.max_response_bytes}", url)
+            chunks, size = [], 0
+            for chunk in r.iter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise ServeError(r.status_code, "response_too_large",
+                                     f"more than the client's limit of {self.max_response_bytes} bytes", url)
+                chunks.append(chunk)
+            return r.status_code, r.headers, b"".join(chunks)
 
     def _post(self, server: int, path: str, body: dict[str, Any], retries: int | None = None) -> dict[str, Any]:
         url = self.urls[server] + path
-        retries = self.retries if retries is None else retries
-        attempt = 0
-        capacity_deadline: float | None = None
-        while True:
+
+        def attempt() -> tuple[int, Any, bytes]:
+            self.stats["requests"] += 1
             try:
-                self.stats["requests"] += 1
-                r = self._http.post(url, json=body)
-            except httpx.TransportError as exc:  # refused, reset, timed out: the request may or may not have run
-                attempt += 1
-                if attempt > retries:
-                    raise _Down(server, exc) from exc
-                self.stats["retries"] += 1
-                time.sleep(self._delay(attempt))
-                continue
-            if r.status_code == 503:
-                now = time.monotonic()
-                capacity_deadline = capacity_deadline or now + self.capacity_wait
-                if now >= capacity_deadline:
-                    raise ServeError(503, "capacity", f"still full after waiting {self.capacity_wait:g}s: {r.text[:300]}", url)
-                try:
-                    wait = float(r.headers.get("Retry-After", ""))
-                except ValueError:
-                    wait = self._delay(attempt + 1)
-                self.stats["retries"] += 1
-                time.sleep(max(0.01, min(wait, 30.0, capacity_deadline - now)))
-                continue
-            if r.status_code in (502, 504):
-                attempt += 1
-                if attempt > retries:
-                    raise _Down(server, f"HTTP {r.status_code}")
-                self.stats["retries"] += 1
-                time.sleep(self._delay(attempt))
-                continue
+                status, headers, content = self._send(url, body)
+            except httpx.TransportError as exc:  # refused, reset, dropped, timed out: it may or may not have run
+                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+            if status == 503:  # full or busy: not a failure, wait as long as the server asks
+                raise RetryableError(f"HTTP 503: {content[:300].decode(errors='replace')}",
+                                     retry_after=retry_after_seconds(headers.get("retry-after")), counts=False)
+            if status in (502, 504):
+                raise RetryableError(f"HTTP {status}")
             try:
-                data = r.json()
+                data = json.loads(content)
             except ValueError:
-                data = {"error": "not_json", "message": r.text[:500]}
-            if r.status_code == 404 and isinstance(data, dict) and data.get("error") == "unknown_session":
-                raise _Unknown(list(data.get("session_ids", [])))
-            if r.status_code >= 400:
-                code = data.get("error", "error") if isinstance(data, dict) else "error"
-                msg = data.get("message", r.text[:500]) if isinstance(data, dict) else r.text[:500]
-                cls = InvalidRequestError if r.status_code in (400, 409, 413, 422) else ServeError
-                raise cls(r.status_code, str(code), str(msg), url)
-            return data
+                if status < 300:  # a 2xx that is not JSON was damaged on the way: ask again (idempotent)
+                    raise RetryableError(f"HTTP {status} with a malformed JSON body ({len(content)} bytes)") from None
+                data = {"error": "not_json", "message": content[:500].decode(errors="replace")}
+            return status, data, content
+
+        def count(exc: RetryableError, delay: float) -> None:
+            self.stats["retries"] += 1
+
+        backoff = self._backoff if retries is None else replace(self._backoff, retries=retries)
+        try:
+            status, data, content = call_with_retries(attempt, backoff, rng=self._rng, on_retry=count)
+        except RetriesExhausted as exc:
+            if exc.last.counts:
+                raise _Down(server, exc.last.reason) from exc
+            raise ServeError(503, "capacity", f"still full or busy after waiting {self.capacity_wait:g}s: {exc.last.reason}",
+                             url) from exc
+        if status == 404 and isinstance(data, dict) and data.get("error") == "unknown_session":
+            raise _Unknown(list(data.get("session_ids", [])))
+        if status >= 400:
+            code = data.get("error", "error") if isinstance(data, dict) else "error"
+            msg = data.get("message", content[:500]) if isinstance(data, dict) else content[:500]
+            cls = InvalidRequestError if status in (400, 409, 413, 422) else ServeError
+            raise cls(status, str(code), str(msg), url)
+        return data
 
     def _post_chunks(self, server: int, path: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for k in range(0, len(items), self.batch_size):
-            out += self._post(server, path, {"items": items[k : k + self.batch_size]})["results"]
+            out += self._post_split(server, path, items[k : k + self.batch_size])
         return out
+
+    def _post_split(self, server: int, path: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST ``items``; halve the batch while the server says its frames exceed one response's budget
+        (it refuses before running anything, so the halves run each item exactly once)."""
+        try:
+            return self._post(server, path, {"items": items})["results"]
+        except InvalidRequestError as exc:
+            if exc.code != "frame_budget" or len(items) < 2:
+                raise
+        self.stats["splits"] += 1
+        half = len(items) // 2
+        return self._post_split(server, path, items[:half]) + self._post_split(server, path, items[half:])
 
     def _each_server(self, work: dict[int, Callable[[], T]]) -> dict[int, T | BaseException]:
         """Run one callable per server (in parallel when there are several); exceptions are returned."""
@@ -265,7 +297,7 @@ class HttpEnvPool(EnvPool):
                     f"no env server reachable after {self.failover_wait:g}s: {', '.join(self.urls)}"
                 )
             attempt += 1
-            time.sleep(self._delay(attempt))
+            time.sleep(self._backoff.delay(attempt, self._rng))
 
     # ------------------------------------------------------------------ sessions
     def _create_and_replay(self, server: int, idx: list[int]) -> dict[int, dict[str, Any]]:
@@ -396,7 +428,8 @@ class HttpEnvPool(EnvPool):
                     wires[i] = wire
         if fresh:
             wires.update(self._rebuild(sorted(fresh)))
-        return [(decode_obs(wires[i]["obs"], self._decoder), wires[i]["info"]) for i in range(len(new))]
+        decoded = self._decode_checked(list(range(len(new))), wires, self._decode_reset, self._refetch_resets)
+        return [decoded[i] for i in range(len(new))]
 
     def step(self, texts: Sequence[str | None]) -> list[StepResult | None]:
         self._check_open()
@@ -448,17 +481,78 @@ class HttpEnvPool(EnvPool):
                         self._accept(i, texts[i], wire)  # type: ignore[arg-type]
                         accepted[i] = wire
         order = sorted(accepted)
-        for i, result in zip(order, self._decode_many([accepted[i] for i in order])):
-            out[i] = result
+        decoded = self._decode_checked(order, accepted, lambda w: decode_step(w, self._decoder), self._refetch_steps)
+        for i in order:
+            out[i] = decoded[i]
         return out
 
-    def _decode_many(self, wires: list[dict[str, Any]]) -> list[StepResult]:
+    # ------------------------------------------------------------------ frames
+    def _decode_reset(self, wire: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        return decode_obs(wire["obs"], self._decoder), wire["info"]
+
+    def _decode_many(self, decode: Callable[[dict[str, Any]], T], wires: list[dict[str, Any]]) -> list[T | FrameError]:
+        def checked(wire: dict[str, Any]) -> T | FrameError:
+            try:
+                return decode(wire)
+            except FrameError as exc:
+                return exc
+
         # PNG decoding (zlib) releases the GIL: decode a large batch on threads
         if len(wires) < 8 or self._threads < 2:
-            return [decode_step(w, self._decoder) for w in wires]
+            return [checked(w) for w in wires]
         if self._decode_pool is None:
             self._decode_pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="atlasva-decode")
-        return list(self._decode_pool.map(lambda w: decode_step(w, self._decoder), wires))
+        return list(self._decode_pool.map(checked, wires))
+
+    def _decode_checked(
+        self,
+        idx: list[int],
+        wires: dict[int, dict[str, Any]],
+        decode: Callable[[dict[str, Any]], T],
+        refetch: Callable[[list[int]], dict[int, dict[str, Any]]],
+    ) -> dict[int, T]:
+        """Decode the wires of slots ``idx``. A frame that fails its check is fetched once more (the
+        server replays the recorded result: nothing runs twice); failing again raises FrameError."""
+        out: dict[int, T] = {}
+        bad: list[int] = []
+        for i, res in zip(idx, self._decode_many(decode, [wires[i] for i in idx])):
+            if isinstance(res, FrameError):
+                bad.append(i)
+            else:
+                out[i] = res
+        if not bad:
+            return out
+        self.stats["refetched"] += len(bad)
+        again = refetch(bad)
+        for i, res in zip(bad, self._decode_many(decode, [again[i] for i in bad])):
+            slot = self._slots[i]
+            if isinstance(res, FrameError):
+                raise FrameError(f"slot {i} (session {slot.sid} on {self.urls[slot.server]}): a frame failed its check "
+                                 f"twice, so it is not a transmission error: {res}")
+            out[i] = res
+            slot.digest = digest(again[i])
+        return out
+
+    def _refetch(self, path: str, idx: list[int], item: Callable[[_Slot], dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        groups: dict[int, list[int]] = {}
+        for i in idx:
+            groups.setdefault(self._slots[i].server, []).append(i)
+        out: dict[int, dict[str, Any]] = {}
+        for srv, g in groups.items():
+            try:
+                wires = self._post_chunks(srv, path, [item(self._slots[i]) for i in g])
+            except (_Down, _Unknown) as exc:
+                raise RuntimeError(f"could not fetch {len(g)} damaged frame(s) again from {self.urls[srv]}: {exc}") from exc
+            out.update(zip(g, wires))
+        return out
+
+    def _refetch_steps(self, idx: list[int]) -> dict[int, dict[str, Any]]:
+        return self._refetch(f"{API}/step", idx, lambda s: {"session_id": s.sid, "index": s.index, "text": s.history[-1],
+                                                            "episode": s.episode})
+
+    def _refetch_resets(self, idx: list[int]) -> dict[int, dict[str, Any]]:
+        return self._refetch(f"{API}/reset", idx, lambda s: {"session_id": s.sid, "seed": s.seed, "options": s.options,
+                                                             "episode": s.episode})
 
     def _accept(self, i: int, text: str, wire: dict[str, Any]) -> None:
         slot = self._slots[i]

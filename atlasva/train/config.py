@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from atlasva.eval.baselines import RunConfig
+from atlasva.integrations.verl.config import ENGINES, VerlSection
 from atlasva.memory import MemoryConfig
 from atlasva.policy.config import PolicyConfig
 from atlasva.rollout.loop import RolloutConfig
+from atlasva.runs import RunConfig
+from atlasva.train.estimators import get_estimator
 
-ESTIMATORS = ("gae", "bi_level_gae", "turn_gae", "grpo", "turn_grpo")
-CRITIC_ESTIMATORS = ("gae", "bi_level_gae", "turn_gae")
 STAGES = ("untrained", "sft", "rl")
 
 
@@ -28,7 +28,9 @@ class EnvSection:
 @dataclass
 class AlgorithmConfig:
     estimator: str = "bi_level_gae"  # gae | bi_level_gae | turn_gae | grpo | turn_grpo
-    gamma_turn: float = 0.95  # also the γ of the memory's shaping term
+    # discount between turns of bi_level_gae, turn_gae and turn_grpo; the memory's shaping term always uses
+    # the estimator's own turn discount (TrainConfig.shaping_gamma: 1 for grpo and gae), so it telescopes
+    gamma_turn: float = 0.95
     gamma_token: float = 1.0
     lam: float = 1.0
     whiten: bool = True  # masked whitening of GAE advantages
@@ -79,6 +81,7 @@ class EvalSection:
     split: str = "validation"
     stages: list[str] = field(default_factory=lambda: ["untrained", "sft", "rl"])
     batch_size: int = 64
+    distinct_levels: bool = True  # each held-out episode on a level of its own (false: seeds may repeat levels)
 
 
 def _demo_policy() -> PolicyConfig:
@@ -104,19 +107,44 @@ class TrainConfig:
     memory: MemoryConfig = field(default_factory=_demo_memory)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunConfig = field(default_factory=RunConfig)
+    engine: str = "atlasva"  # atlasva (this process) | verl (verl's distributed PPO; see docs/engines.md)
+    verl: VerlSection = field(default_factory=VerlSection)
+
+    def shaping_gamma(self) -> float:
+        """The γ of the memory's shaping term: the discount the estimator applies between turns."""
+        return float(get_estimator(self.algorithm.estimator).turn_discount(self.algorithm))
 
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}; accepted: {', '.join(ENGINES)}")
         a = self.algorithm
-        if a.estimator not in ESTIMATORS:
-            raise ValueError(f"algorithm.estimator={a.estimator!r}; accepted: {', '.join(ESTIMATORS)}")
-        if a.estimator == "turn_gae" and self.rollout.concat:
-            raise ValueError("algorithm.estimator=turn_gae works on one sample per turn: set rollout.concat=false")
-        if a.estimator in ("bi_level_gae", "turn_grpo") and not self.rollout.concat:
-            raise ValueError(f"algorithm.estimator={a.estimator} needs whole episodes: set rollout.concat=true")
-        if a.estimator in ("grpo", "turn_grpo") and self.trainer.group_size < 2:
+        est = get_estimator(a.estimator)
+        if est.layout == "turn" and self.rollout.concat:
+            raise ValueError(f"algorithm.estimator={a.estimator} works on one sample per turn: set rollout.concat=false")
+        if est.layout == "concat" and not self.rollout.concat:
+            hint = " (for one sample per turn use turn_gae)" if a.estimator == "gae" else ""
+            raise ValueError(f"algorithm.estimator={a.estimator} needs whole episodes: set rollout.concat=true{hint}")
+        if est.groups and self.trainer.group_size < 2:
             raise ValueError(f"{a.estimator} compares episodes of one level: set trainer.group_size >= 2")
+        shaping_on = self.memory.enable and self.memory.shaping
+        if shaping_on and a.estimator == "gae" and a.gamma_token != 1.0:
+            raise ValueError(
+                f"algorithm.gamma_token={a.gamma_token} with gae and memory shaping: token GAE discounts per "
+                "generated token, so no per-turn potential difference telescopes; set algorithm.gamma_token=1, "
+                "use bi_level_gae (discounts turns by gamma_turn), or memory.shaping=false"
+            )
+        for name, value in (("algorithm.gamma_turn", a.gamma_turn), ("algorithm.gamma_token", a.gamma_token)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}={value}; accepted: 0 < gamma <= 1")
+        sampling = self.policy.sampling
+        if sampling.top_p < 1.0 or sampling.top_k > 0:
+            raise ValueError(
+                f"policy.sampling.top_p={sampling.top_p}, top_k={sampling.top_k}: RL needs the behaviour log-probs "
+                "of the distribution it samples from, and the trainer scores the full distribution at the "
+                "sampling temperature; set top_p=1.0 and top_k=0 for training (they are fine for evaluation)"
+            )
         for s in self.eval.stages:
             if s not in STAGES:
                 raise ValueError(f"eval.stages holds {s!r}; accepted: {', '.join(STAGES)}")
-        if self.policy.backend != "hf":
-            raise ValueError("training needs a local model: policy.backend must be 'hf'")
+        if self.policy.backend not in ("hf", "vllm"):
+            raise ValueError("training needs a local model: policy.backend must be 'hf' or 'vllm'")

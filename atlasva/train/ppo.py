@@ -14,7 +14,8 @@ import torch
 
 from atlasva import rl
 from atlasva.rollout.loop import RolloutResult
-from atlasva.train.config import CRITIC_ESTIMATORS, AlgorithmConfig
+from atlasva.train.config import AlgorithmConfig, TrainerSection
+from atlasva.train.estimators import AdvantageResult
 
 
 @dataclass
@@ -59,95 +60,72 @@ def build_batch(result: RolloutResult) -> Batch:
     )
 
 
-def compute_advantages(batch: Batch, values: torch.Tensor | None, result: RolloutResult,
-                       cfg: AlgorithmConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(advantages [N, L], returns [N, L] or None, value mask [N, L])."""
-    m = batch.loss_mask
-    est = cfg.estimator
-    value_mask = m.clone()
-    returns = None
-    if est == "gae":
-        adv, returns = rl.gae(batch.token_rewards, values, m, gamma=cfg.gamma_token, lam=cfg.lam)
-    elif est == "bi_level_gae":
-        adv, returns = rl.bi_level_gae(batch.token_rewards, values, m, batch.turn_end_mask,
-                                       gamma_turn=cfg.gamma_turn, gamma_token=cfg.gamma_token, lam=cfg.lam)
-    elif est == "turn_gae":
-        turn_rewards = batch.token_rewards.sum(dim=1)
-        res = rl.turn_level_gae(turn_rewards, values, m, batch.group_ids, batch.episode_index, batch.turn_ids,
-                                gamma=cfg.gamma_turn, lam=cfg.lam, anchor="last")
-        adv, returns, value_mask = res.advantages, res.returns, res.value_mask.float()
-    elif est == "grpo":
-        scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
-        adv = rl.grpo_advantages(scores, m, batch.group_ids, norm_by_std=cfg.norm_by_std)
-    elif est == "turn_grpo":
-        adv = rl.turn_grpo_advantages(batch.token_rewards, m, batch.turn_end_mask, batch.group_ids,
-                                      gamma=cfg.gamma_turn, norm_by_std=cfg.norm_by_std)
-    else:  # validated in TrainConfig.validate
-        raise ValueError(f"unknown estimator {est!r}")
-    if cfg.whiten and est in CRITIC_ESTIMATORS:
-        adv = rl.masked_whiten(adv, m)
-    return adv * m, returns, value_mask
-
-
-def ppo_update(policy: Any, optimizer: torch.optim.Optimizer, batch: Batch, advantages: torch.Tensor,
-               returns: torch.Tensor | None, old_values: torch.Tensor | None, value_mask: torch.Tensor,
-               cfg: AlgorithmConfig, *, epochs: int, minibatch_size: int, grad_accum: int, max_grad_norm: float,
-               temperature: float, rng: np.random.Generator, ref_model: Any = None,
-               keep: torch.Tensor | None = None, scale: float = 1.0) -> dict[str, float]:
+def ppo_update(policy: Any, optimizer: torch.optim.Optimizer, batch: Batch, adv: AdvantageResult,
+               old_values: torch.Tensor | None, cfg: AlgorithmConfig, tc: TrainerSection, *,
+               rng: np.random.Generator, ref_model: Any = None, keep: torch.Tensor | None = None,
+               scale: float = 1.0) -> dict[str, float]:
+    """``tc.ppo_epochs`` passes over the batch in minibatches of ``tc.minibatch_size`` rows, an optimiser
+    step every ``tc.grad_accum`` minibatches. A minibatch whose loss is not finite is left out of the
+    accumulated gradient (the others of its step still count) and counted in ``rl/skipped_minibatches``;
+    statistics are logged only for minibatches that were used."""
     model = policy.model
     params = model.trainable_parameters()
-    use_critic = returns is not None and old_values is not None
+    use_critic = adv.returns is not None and old_values is not None
     rows = (keep if keep is not None else torch.arange(len(batch.encoded))).tolist()
     stats: dict[str, list[float]] = {}
     skipped = 0
+    temperature = tc.temperature
     model.train()
-    for _ in range(epochs):
+    for _ in range(tc.ppo_epochs):
         order = [rows[i] for i in rng.permutation(len(rows))]
-        chunks = [order[i : i + minibatch_size] for i in range(0, len(order), minibatch_size)]
+        chunks = [order[i : i + tc.minibatch_size] for i in range(0, len(order), tc.minibatch_size)]
         optimizer.zero_grad(set_to_none=True)
+        pending = 0  # minibatches accumulated since the last optimiser step
         for c_idx, idx in enumerate(chunks):
             enc = [batch.encoded[i] for i in idx]
             width = max(len(e) for e in enc)
             m = batch.loss_mask[idx, :width]
             scores = model.score(enc, temperature=temperature, positions=m.bool(), with_values=use_critic,
                                  with_entropy=cfg.entropy_coef > 0, detach_values=cfg.detach_critic)
-            adv = advantages[idx, :width] * scale
-            pg, pg_stats = rl.ppo_policy_loss(scores.logprobs, batch.old_logprobs[idx, :width], adv, m,
+            pg, pg_stats = rl.ppo_policy_loss(scores.logprobs, batch.old_logprobs[idx, :width],
+                                              adv.advantages[idx, :width] * scale, m,
                                               clip_ratio=cfg.clip_ratio,
                                               clip_ratio_c=cfg.clip_ratio_c if cfg.clip_ratio_c > 1 else None,
                                               loss_agg=cfg.loss_agg)
             loss = pg
+            terms: dict[str, float] = {"rl/pg_loss": pg.item(), **{f"rl/{k}": float(v) for k, v in pg_stats.items()}}
             if use_critic:
-                vl, v_stats = rl.value_loss(scores.values, old_values[idx, :width], returns[idx, :width],
-                                            value_mask[idx, :width], clip_range=cfg.value_clip or None, loss_agg=cfg.loss_agg)
+                vl, _ = rl.value_loss(scores.values, old_values[idx, :width], adv.returns[idx, :width],
+                                      adv.value_mask[idx, :width], clip_range=cfg.value_clip or None,
+                                      loss_agg=cfg.loss_agg)
                 loss = loss + cfg.vf_coef * vl
-                stats.setdefault("rl/value_loss", []).append(vl.item())
+                terms["rl/value_loss"] = vl.item()
             if cfg.entropy_coef > 0:
                 ent = rl.aggregate_loss(scores.entropy, m, cfg.loss_agg)
                 loss = loss - cfg.entropy_coef * ent
-                stats.setdefault("rl/entropy", []).append(ent.item())
+                terms["rl/entropy"] = ent.item()
             if cfg.kl_coef > 0 and ref_model is not None:
                 with torch.no_grad():
                     ref = ref_model.score(enc, temperature=temperature, positions=m.bool()).logprobs
                 kl = rl.kl_loss(scores.logprobs, ref, m, kind=cfg.kl_kind, loss_agg=cfg.loss_agg)
                 loss = loss + cfg.kl_coef * kl
-                stats.setdefault("rl/kl", []).append(kl.item())
-            if not rl.all_finite(loss):
-                skipped += 1  # NaN/inf: skip this minibatch, log it, keep training
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            (loss / grad_accum).backward()
-            stats.setdefault("rl/pg_loss", []).append(pg.item())
-            for k, v in pg_stats.items():
-                stats.setdefault(f"rl/{k}", []).append(float(v))
-            if (c_idx + 1) % grad_accum == 0 or c_idx == len(chunks) - 1:
-                gn = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                terms["rl/kl"] = kl.item()
+            if rl.all_finite(loss):
+                (loss / tc.grad_accum).backward()
+                pending += 1
+                for k, v in terms.items():  # logged after the decision: a skipped minibatch adds no NaN
+                    stats.setdefault(k, []).append(v)
+            else:
+                skipped += 1  # NaN/inf: leave it out; gradients already accumulated are kept
+            if pending and ((c_idx + 1) % tc.grad_accum == 0 or c_idx == len(chunks) - 1):
+                gn = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
                 if torch.isfinite(gn):
                     optimizer.step()
                     stats.setdefault("rl/grad_norm", []).append(float(gn))
                 else:
-                    skipped += 1
+                    skipped += pending
                 optimizer.zero_grad(set_to_none=True)
+                pending = 0
     model.eval()
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out["rl/skipped_minibatches"] = float(skipped)

@@ -1,13 +1,13 @@
 """SFT warm start from solver demonstrations.
 
-Each demonstration turn is (the prompt the agent loop would build — system prompt, memory injection,
-observation — and the solver's actions written as a well-formed answer in the chosen format). In
-grounding / world-modeling formats the ``<observation>`` and ``<prediction>`` hold the env's true
-relations before and after the turn, so the model learns to state them."""
+Demonstrations are recorded by the agent loop itself: the solver's answers (:func:`solver_script`)
+replayed through :class:`AgentLoop` with a scripted backend, so each demo is token for token the sequence
+a rollout of that answer would build (system prompt, memory injection, observations, turn layout, context
+limits). In grounding / world-modeling formats the ``<observation>`` and ``<prediction>`` hold the env's
+true relations before and after the turn, so the model learns to state them."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atlasva import formats
+from atlasva.envs.pool import InProcessEnvPool
 from atlasva.envs.registry import make
-from atlasva.memory import episode_meta
-from atlasva.policy.processor import content_from_obs
 from atlasva.rl import all_finite
+from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
+from atlasva.rollout.scripted import scripted_policy, solver_script
 
 
 @dataclass
@@ -28,63 +28,30 @@ class Demo:
     loss_mask: list[int]
 
 
-def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: list[int], *, max_turns: int,
-                snapshot: Any = None, concat: bool = True, window: int = 0) -> list[Demo]:
-    """Solver demonstrations laid out exactly as the agent loop lays out rollouts.
-
-    ``concat``: one demo per episode — the first prompt, each answer, the next user turn, … (loss on the
-    answers); otherwise one demo per turn with the last ``window`` turns as history. A model trained on
-    one layout and rolled out in the other sees contexts it never saw (measured: once the tiny policy
-    could see, single-turn SFT broke its format on second turns of concatenated rollouts)."""
-    from atlasva.rollout.loop import turn_messages
-
+def build_demos(policy: Any, env_name: str, env_config: dict[str, Any], seeds: list[int], *,
+                rollout: RolloutConfig, snapshot: Any = None, batch_size: int = 64) -> list[Demo]:
+    """Solver demonstrations on ``seeds``, laid out as ``rollout`` lays out episodes (one demo per episode
+    when concatenated, one per turn otherwise). A model trained on one layout and rolled out in another
+    sees contexts it never saw (measured: single-turn SFT broke a seeing policy's format on the second
+    turn of concatenated rollouts)."""
     env = make(env_name, **env_config)
-    proc = policy.processor
-    system = env.system_prompt()
+    try:
+        scripts = {s: solver_script(env, s, rollout.max_turns) for s in tqdm(seeds, desc="plan demos", leave=False,
+                                                                             disable=None)}
+    finally:
+        env.close()
+    loop = AgentLoop(scripted_policy(scripts, policy.model), InProcessEnvPool(), rollout)
     demos: list[Demo] = []
-    for seed in seeds:
-        obs, info = env.reset(seed=seed)
-        meta = episode_meta(env_name, info["level_hash"], info.get("heuristics", {}), info["cells"][0], seed)
-        history: list[tuple[str, list[Any], str]] = []
-        seq: Any = None
-        mask: list[int] = []
-        for turn in range(max_turns):
-            acts = env.turn_plan()
-            if not acts:
-                break
-            after = copy.deepcopy(env)  # the state after the turn, for <prediction>
-            after.step(formats.answer(acts, "no_think", action_sep=env.action_sep))
-            text = formats.answer(
-                acts,
-                env.format,
-                action_sep=env.action_sep,
-                observation=formats.describe(env.relations(env.state())),
-                prediction=formats.describe(after.relations(after.state())),
-            )
-            shown_text, shown_images = snapshot.inject(meta, obs, turn) if snapshot is not None else (obs["text"], obs["images"])
-            shown_images = list(shown_images)
-            answer_ids = proc.encode_text(text).input_ids + [proc.eos_token_id]
-            if concat:
-                if seq is None:
-                    seq = policy.encode_prompt(
-                        [{"role": "system", "content": system}, {"role": "user", "content": content_from_obs(shown_text, shown_images)}]
-                    )
-                else:
-                    seq = seq + policy.encode_user_turn(content_from_obs(shown_text, shown_images))
-                mask += [0] * (len(seq) - len(mask))
-                seq = seq + answer_ids
-                mask += [1] * len(answer_ids)
-            else:
-                prompt = policy.encode_prompt(turn_messages(system, history, shown_text, shown_images, window))
-                demos.append(Demo(prompt + answer_ids, [0] * len(prompt) + [1] * len(answer_ids)))
-            history.append((shown_text, shown_images, text))
-            obs, _, terminated, truncated, info = env.step(text)
-            meta["cell"] = info["cells"][-1]
-            if terminated or truncated:
-                break
-        if concat and seq is not None:
-            demos.append(Demo(seq, mask))
-    env.close()
+    cut = 0
+    for start in range(0, len(seeds), batch_size):
+        reqs = [EpisodeRequest(env_name, s, dict(env_config), group_id=f"sft-{s}") for s in seeds[start : start + batch_size]]
+        res = loop.run(reqs, snapshot)
+        demos.extend(Demo(x.encoded, x.loss_mask) for x in res.samples)
+        cut += sum(e.failure_kind == "context" or any(not t.metrics["format_valid"] for t in e.turns) for e in res.episodes)
+    loop.pool.close()
+    if cut:
+        print(f"[sft] warning: {cut} demonstration(s) were cut by rollout limits (context or tokens per turn); "
+              "they teach what a rollout could say, not the whole answer")
     return demos
 
 

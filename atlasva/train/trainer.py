@@ -10,6 +10,7 @@ and none is lost (metrics past the checkpoint are dropped and the steps redone, 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,19 @@ from atlasva.policy import Policy
 from atlasva.rl import reward_variance_filter
 from atlasva.rollout.loop import AgentLoop, EpisodeRequest
 from atlasva.runs import RunFolder
-from atlasva.train.config import CRITIC_ESTIMATORS, TrainConfig
-from atlasva.train.ppo import build_batch, compute_advantages, ppo_update
+from atlasva.train.config import TrainConfig
+from atlasva.train.estimators import compute_advantages, get_estimator
+from atlasva.train.ppo import build_batch, ppo_update
 from atlasva.train.sft import build_demos, train_sft
+
+log = logging.getLogger(__name__)
+
+# settings that cannot change a result: not part of a run's identity (its folder hash)
+COSMETIC_KEYS = ("trainer.wandb", "trainer.inspect_every", "trainer.save_every")
+
+
+class SplitOverlapError(ValueError):
+    """Training and evaluation levels overlap: a held-out number would not be held out."""
 
 
 class Trainer:
@@ -39,51 +50,68 @@ class Trainer:
         self.cfg = cfg
         self.name = name
         self.t0 = time.time()
-        self.run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume)
+        self.run = RunFolder.create(name, to_dict(cfg), root=cfg.run.root, resume=cfg.run.resume, exclude=COSMETIC_KEYS)
         if cfg.policy.model.cpu_threads:
             torch.set_num_threads(int(cfg.policy.model.cpu_threads))
         torch.manual_seed(cfg.trainer.seed)
         pcfg = copy.deepcopy(cfg.policy)
-        pcfg.model.value_head = cfg.algorithm.estimator in CRITIC_ESTIMATORS
-        self.policy = Policy.from_config(pcfg, init_dir=self.run.path / "policy-init")
+        pcfg.model.value_head = get_estimator(cfg.algorithm.estimator).critic
         self.spec = load_spec(cfg.env.spec)
         self.env_name = self.spec.env
-        self.env_config = {**self.spec.config, **cfg.env.config}
-        n_train = cfg.sft.levels * int(cfg.sft.enable) + cfg.trainer.steps * cfg.trainer.levels_per_step
-        train_seeds = self.spec.seeds("train", max(1, n_train))
-        self.sft_seeds = train_seeds[: cfg.sft.levels] if cfg.sft.enable else []
-        self.rl_seeds = train_seeds[len(self.sft_seeds) :]
-        self.val_seeds = self.spec.seeds(cfg.eval.split, cfg.eval.episodes)
+        self.env_config = self.spec.final_config(cfg.env.config)  # the levels the run plays, and hashes
+        self.sft_levels, self.rl_levels, self.val_levels = plan_levels(cfg)
+        self.sft_seeds = [s for s, _ in self.sft_levels]
+        self.rl_seeds = [s for s, _ in self.rl_levels]
+        self.val_seeds = [s for s, _ in self.val_levels]
+        self.policy = Policy.from_config(pcfg, init_dir=self.run.path / "policy-init")
         self.memory = SkillMemory(cfg.memory)
         self.optimizer = torch.optim.AdamW(self.policy.model.trainable_parameters(), lr=cfg.trainer.lr)
         self.ref_model = None
-        self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0}
+        self.state: dict[str, Any] = {"stage": "start", "rl_step": 0, "evals": {}, "wall_time_s": 0.0, "stage_wall_s": {}}
         self.pool = InProcessEnvPool()
-        self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.algorithm.gamma_turn)
+        self.loop = AgentLoop(self.policy, self.pool, cfg.rollout, gamma_turn=cfg.shaping_gamma())
         self._wandb = None
         self._resume()
 
     # ------------------------------------------------------------------ checkpoints
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        out = {f"model/{k}": v for k, v in self.policy.model.base.state_dict().items()}
+    # pack_state / unpack_state are mirror images: the same flat keys written and read
+    # (model/…, value_head/…, optim/<param index>/<name>, rng/torch; JSON: stage, step, evals, optimiser groups)
+    def pack_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{k}": v for k, v in self.policy.model.base.state_dict().items()}
         if self.policy.model.value_head is not None:
-            out.update({f"value_head/{k}": v for k, v in self.policy.model.value_head.state_dict().items()})
-        return out
-
-    def save(self) -> Path:
-        tensors = self._model_state()
+            tensors.update({f"value_head/{k}": v for k, v in self.policy.model.value_head.state_dict().items()})
         opt = self.optimizer.state_dict()
         for idx, st in opt["state"].items():
             for k, v in st.items():
                 tensors[f"optim/{idx}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         tensors["rng/torch"] = torch.get_rng_state()
-        state = {
-            **self.state,
-            "wall_time_s": self.state["wall_time_s"] + (time.time() - self.t0),
-            "optim_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
-        }
+        state = {**self.state,
+                 "optim_param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]}
+        return tensors, state
+
+    def unpack_state(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        def section(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.policy.model.base.load_state_dict(section("model/"), strict=True)
+        if self.policy.model.value_head is not None:
+            self.policy.model.value_head.load_state_dict(section("value_head/"), strict=True)
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in section("optim/").items():
+            idx, name = key.split("/", 1)
+            opt_state.setdefault(int(idx), {})[name] = value
+        groups = self.optimizer.state_dict()["param_groups"]
+        for g, saved in zip(groups, state.get("optim_param_groups", [])):
+            g.update(saved)
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
+        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s")}
+        self.state["stage_wall_s"] = state.get("stage_wall_s", {})  # absent in checkpoints of earlier versions
+
+    def save(self) -> Path:
+        self.state["wall_time_s"] += time.time() - self.t0
         self.t0 = time.time()
-        self.state["wall_time_s"] = state["wall_time_s"]
+        tensors, state = self.pack_state()
         return self.run.save_checkpoint(self._ckpt_index(), tensors, state, extra=lambda d: self.memory.save(d / "memory"))
 
     def _ckpt_index(self) -> int:
@@ -96,27 +124,11 @@ class Trainer:
         loaded = self.run.load_checkpoint()
         if loaded is None:
             return
-        tensors, state = loaded
-        model_sd = {k[len("model/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("model/")}
-        self.policy.model.base.load_state_dict(model_sd, strict=True)
-        if self.policy.model.value_head is not None:
-            vh = {k[len("value_head/"):]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("value_head/")}
-            self.policy.model.value_head.load_state_dict(vh, strict=True)
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                _, idx, name = k.split("/", 2)
-                opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v.copy())
-        groups = self.optimizer.state_dict()["param_groups"]
-        for g, saved in zip(groups, state.get("optim_param_groups", [])):
-            g.update(saved)
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        torch.set_rng_state(torch.from_numpy(tensors["rng/torch"].copy()))
+        self.unpack_state(*loaded)
         ckpts = self.run.checkpoints()
         mem_dir = ckpts[-1] / "memory"
         if mem_dir.exists():
             self.memory = SkillMemory.load(mem_dir)
-        self.state = {k: state[k] for k in ("stage", "rl_step", "evals", "wall_time_s")}
         self.run.truncate_metrics(int(self.state["rl_step"]))
         print(f"resumed from {ckpts[-1].name}: stage {self.state['stage']}, RL step {self.state['rl_step']}")
 
@@ -139,40 +151,53 @@ class Trainer:
             snapshot=snap, batch_size=self.cfg.eval.batch_size, temperature=0.0, desc=f"eval {stage}",
         )
         self.run.write_episodes(stage, [e.summary_record() for e in episodes])
+        self.run.record_levels(f"eval:{stage}", [(e.seed, e.level_hash) for e in episodes])
         self.state["evals"][stage] = summary
         print(f"[{stage}] success {summary['success_rate']:.3f} "
               f"(95% CI {summary['success_ci95'][0]:.3f}-{summary['success_ci95'][1]:.3f}), "
               f"turns {summary['mean_turns']:.2f}, format-valid {summary['format_valid_rate']:.2f}")
         return summary
 
+    def _timed(self, part: str, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` and add its wall time to ``state["stage_wall_s"][part]`` (kept across resumes)."""
+        t = time.time()
+        out = fn(*args)
+        times = self.state["stage_wall_s"]
+        times[part] = round(times.get(part, 0.0) + time.time() - t, 1)
+        return out
+
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         stages = cfg.eval.stages
         if self.state["stage"] == "start":
             if "untrained" in stages:
-                self.evaluate("untrained")
+                self._timed("eval:untrained", self.evaluate, "untrained")
             self.state["stage"] = "untrained_done"
             self.save()
         if self.state["stage"] == "untrained_done":
             if cfg.sft.enable:
-                snap = self.memory.snapshot() if cfg.memory.enable else None
-                demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds,
-                                    max_turns=cfg.rollout.max_turns, snapshot=snap, concat=cfg.rollout.concat,
-                                    window=cfg.rollout.window)
-                sft_stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                                      batch_size=cfg.sft.batch_size, seed=cfg.trainer.seed)
-                print(f"[sft] {int(sft_stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), final loss {sft_stats['sft/final_loss']:.3f}")
+                self._timed("sft", self._sft)
                 if "sft" in stages:
-                    self.evaluate("sft")
+                    self._timed("eval:sft", self.evaluate, "sft")
             self.state["stage"] = "rl"
             self.save()
         if self.state["stage"] == "rl":
-            self._rl_loop()
+            self._timed("rl", self._rl_loop)
             if "rl" in stages:
-                self.evaluate("rl")
+                self._timed("eval:rl", self.evaluate, "rl")
             self.state["stage"] = "done"
             self.save()
         return self.finish()
+
+    def _sft(self) -> None:
+        cfg = self.cfg
+        snap = self.memory.snapshot() if cfg.memory.enable else None
+        demos = build_demos(self.policy, self.env_name, self.env_config, self.sft_seeds, rollout=cfg.rollout, snapshot=snap)
+        self.run.record_levels("sft", self.sft_levels)
+        stats = train_sft(self.policy, demos, epochs=cfg.sft.epochs, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size,
+                          seed=cfg.trainer.seed)
+        print(f"[sft] {int(stats['sft/demos'])} demonstrations ({len(self.sft_seeds)} levels), "
+              f"final loss {stats['sft/final_loss']:.3f}")
 
     def _reference_model(self) -> Any:
         """The KL reference: the policy as RL began, kept in the run folder so a resumed run uses the same one."""
@@ -216,20 +241,21 @@ class Trainer:
                                                      with_values=True, temperature=tc.temperature).values
                     width = batch.loss_mask.shape[1]
                     values = values[:, :width] * batch.loss_mask
-            adv, returns, value_mask = compute_advantages(batch, values, result, cfg.algorithm)
-            if tc.inspect_every and (step == 0 or (step + 1) % tc.inspect_every == 0):
-                dump_step(self.run.path, step + 1, batch, adv, values, result, self.policy.processor)
-            keep, scale = None, 1.0
-            if cfg.algorithm.filter_top_p < 1.0:
-                scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
-                filt = reward_variance_filter(scores, batch.group_ids, top_p=cfg.algorithm.filter_top_p,
-                                              traj_ids=None if cfg.rollout.concat else batch.episode_index)
-                keep, scale = filt.kept_indices, filt.scale
-            rng = np.random.default_rng([tc.seed, step])
-            upd = ppo_update(self.policy, self.optimizer, batch, adv, returns, values, value_mask, cfg.algorithm,
-                             epochs=tc.ppo_epochs, minibatch_size=tc.minibatch_size, grad_accum=tc.grad_accum,
-                             max_grad_norm=tc.max_grad_norm, temperature=tc.temperature, rng=rng,
-                             ref_model=self.ref_model, keep=keep, scale=scale)
+            adv = self._advantages(batch, values, result, step)
+            if adv is not None and tc.inspect_every and (step == 0 or (step + 1) % tc.inspect_every == 0):
+                dump_step(self.run.path, step + 1, batch, adv.advantages, values, result, self.policy.processor)
+            upd: dict[str, float] = {"rl/skipped_batch": 1.0}
+            if adv is not None:
+                keep, scale = None, 1.0
+                if cfg.algorithm.filter_top_p < 1.0:
+                    scores = torch.tensor([result.episodes[i].total_reward for i in batch.episode_index])
+                    filt = reward_variance_filter(scores, batch.group_ids, top_p=cfg.algorithm.filter_top_p,
+                                                  traj_ids=None if cfg.rollout.concat else batch.episode_index)
+                    keep, scale = filt.kept_indices, filt.scale
+                rng = np.random.default_rng([tc.seed, step])
+                upd = ppo_update(self.policy, self.optimizer, batch, adv, values, cfg.algorithm, tc, rng=rng,
+                                 ref_model=self.ref_model, keep=keep, scale=scale)
+                upd["rl/skipped_batch"] = 0.0
             eps = result.episodes
             success = float(np.mean([e.success for e in eps]))
             recent = (recent + [success])[-5:]
@@ -240,7 +266,8 @@ class Trainer:
                 "train/shaping": float(np.mean([sum(t.rewards.get("shaping", 0.0) for t in e.turns) for e in eps])),
                 "train/format_valid": float(np.mean([e.format_valid_rate() for e in eps])),
                 "train/turns": float(np.mean([e.n_turns for e in eps])),
-                "train/adv_abs_mean": float((adv.abs() * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)),
+                "train/adv_abs_mean": (float((adv.advantages.abs() * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1))
+                                       if adv is not None else float("nan")),
                 "memory/version": float(self.memory.version if hasattr(self.memory, "version") else -1),
                 "time/step_s": time.perf_counter() - t_step,
                 **result.stats,
@@ -253,12 +280,30 @@ class Trainer:
                                          temperature=0.0, desc="val")
                 metrics["val/success_rate"] = val["success_rate"]
             self.state["rl_step"] = step + 1
+            self.run.record_levels("rl", self.rl_levels[: (step + 1) * tc.levels_per_step])
             self.log(step + 1, metrics)
             bar.update(1)
             bar.set_postfix(success=f"{np.mean(recent):.2f}", refresh=True)
             if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
                 self.save()
         bar.close()
+
+    def _advantages(self, batch: Any, values: torch.Tensor | None, result: Any, step: int) -> Any:
+        """The estimator's advantages, or None (with a warning) when rewards, values or advantages are not
+        finite: the batch is skipped instead of ending the run or poisoning the weights."""
+        from atlasva.rl import all_finite
+
+        try:
+            adv = compute_advantages(batch, values, result, self.cfg.algorithm)
+        except ValueError as exc:  # the estimators refuse NaN/inf inputs on policy tokens
+            if all_finite(batch.token_rewards) and (values is None or all_finite(values)):
+                raise  # not a numeric problem: a bug worth a traceback
+            log.warning("RL step %d: skipped the batch (%s)", step + 1, exc)
+            return None
+        if not all_finite(adv.advantages) or (adv.returns is not None and not all_finite(adv.returns)):
+            log.warning("RL step %d: skipped the batch (non-finite advantages)", step + 1)
+            return None
+        return adv
 
     def finish(self) -> dict[str, Any]:
         policy_dir = self.run.path / "policy"
@@ -271,11 +316,39 @@ class Trainer:
                 pass  # nothing learned yet (e.g. steps=0)
         plot_curves(self.run)
         wall = self.state["wall_time_s"]
+        splits = self.run.split_report()
+        if splits["overlap"]:  # cannot happen through check_disjoint; a summary must never claim it anyway
+            raise SplitOverlapError(f"levels.jsonl lists {splits['overlap']} level(s) both trained and evaluated on")
         summary = self.run.write_summary(self.state["evals"], wall_time_s=wall, env=self.env_name,
-                                         config=self.name, rl_steps=self.state["rl_step"])
+                                         config=self.name, rl_steps=self.state["rl_step"], splits=splits,
+                                         stage_wall_s=self.state["stage_wall_s"])
         self.run.close()
         summary["run_dir"] = str(self.run.path)
         return summary
+
+
+def plan_levels(cfg: TrainConfig) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[tuple[int, str]]]:
+    """The (seed, level hash) pairs a run trains on (SFT, RL) and evaluates on, hashed under the run's final
+    env config; raises :class:`SplitOverlapError` when evaluation would touch a training level."""
+    spec = load_spec(cfg.env.spec)
+    n_sft = cfg.sft.levels if cfg.sft.enable else 0
+    n_train = n_sft + cfg.trainer.steps * cfg.trainer.levels_per_step
+    train = spec.levels("train", max(1, n_train), overrides=cfg.env.config)
+    held_out = spec.levels(cfg.eval.split, cfg.eval.episodes, overrides=cfg.env.config,
+                           distinct=cfg.eval.distinct_levels)
+    check_disjoint(train, held_out, cfg.eval.split)
+    return train[:n_sft], train[n_sft:], held_out
+
+
+def check_disjoint(train: list[tuple[int, str]], held_out: list[tuple[int, str]], split: str) -> None:
+    """Refuse a run whose evaluation levels include a level it trains on (by seed or by level hash)."""
+    seeds = {s for s, _ in train} & {s for s, _ in held_out}
+    hashes = {h for _, h in train} & {h for _, h in held_out}
+    if seeds or hashes:
+        raise SplitOverlapError(
+            f"eval.split={split!r} shares {len(hashes)} level(s) and {len(seeds)} seed(s) with the training levels; "
+            "held-out numbers need disjoint levels: evaluate on the 'validation' split"
+        )
 
 
 _STAGE_ORDER = {"start": 0, "untrained_done": 1, "rl": 2, "done": 3}

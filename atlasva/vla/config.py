@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlasva.runs import RunConfig
 from atlasva.vla.model import Geometry, make_geometry
 
 
@@ -90,6 +91,30 @@ class CollectSection:
     action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
     workers: int = 1  # processes recording episodes in parallel (same dataset whatever the number)
     overwrite: bool = False
+    max_steps: int = 0  # LIBERO: steps recorded per episode at most; 0 = the suite's step limit
+    lerobot_version: str = "v2.1"  # layout written: v2.1 (a parquet per episode) | v3.0 (many episodes per file)
+
+
+@dataclass
+class DataSection:
+    """Training data read from a local path: a LeRobot dataset folder (v2.x / v3.0, e.g. a copy of
+    ``lerobot/libero_spatial_image``) or LIBERO HDF5 demos (one ``*_demo.hdf5`` or a folder of them)."""
+
+    path: str = ""  # "" = the dataset ``atlasva vla collect`` records (collect.dataset)
+    #: columns fed to the model, one per sim.cameras entry in the same order; [] = derived from sim.cameras
+    image_keys: list[str] = field(default_factory=list)
+    state_key: str = "observation.state"
+    action_key: str = "action"
+
+
+@dataclass
+class LiberoSection:
+    """LIBERO specifics (sim.suite = libero_spatial | libero_object | libero_goal | libero_10 | libero_90,
+    or a LIBERO-PRO suite such as libero_spatial_lan)."""
+
+    #: raw render (OpenGL, upside down) -> the frames the policy sees; also applied to LIBERO HDF5 frames.
+    #: rot180 matches LeRobot's libero_*_image datasets and openpi; flip_vertical | none
+    image_transform: str = "rot180"
 
 
 @dataclass
@@ -119,12 +144,9 @@ class EvalSection:
     save_media: bool = True  # contact sheet PNG + GIF of the first episode of each task
     num_threads: int = 2
     checkpoint: str = ""  # a checkpoint folder; "" = the train run's latest
-
-
-@dataclass
-class RunSection:
-    root: str = "runs"
-    resume: bool = True
+    suite: str = ""  # LIBERO: the suite to evaluate ("" = sim.suite), e.g. a LIBERO-PRO suite libero_spatial_swap
+    tasks: list[str] = field(default_factory=list)  # LIBERO: task indices or names; [] = sim.tasks ([] = all)
+    workers: int = 1  # LIBERO: episodes run in parallel processes (results identical for any number)
 
 
 @dataclass
@@ -134,4 +156,6 @@ class VLAConfig:
     collect: CollectSection = field(default_factory=CollectSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
-    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    libero: LiberoSection = field(default_factory=LiberoSection)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,28 +269,52 @@ class LeRobotDataset:
     def read_episode(self, episode: int, keys: Sequence[str] | None = None) -> dict[str, Any]:
         """Arrays for one episode: numeric features [T, …], image features uint8 [T, H, W, 3], and
         ``task`` (the instruction of each frame, from ``task_index``)."""
-        import pyarrow.parquet as pq
-
         ep = next((e for e in self.episodes if e.index == episode), None)
         if ep is None:
             raise KeyError(f"episode {episode} is not in {self.root} (has {len(self.episodes)} episodes)")
-        path = self.root / ep.data_file
-        if not path.exists():
-            raise DatasetError(f"data file {path} of episode {episode} is missing")
+        wanted = self._wanted(keys)
+        return self._episode_arrays(ep, self._read_data_file(ep.data_file, wanted), wanted)
+
+    def iter_episodes(self, keys: Sequence[str] | None = None) -> Iterator[tuple[EpisodeInfo, dict[str, Any]]]:
+        """Every episode's arrays (as ``read_episode``) in index order, reading each data file once
+        (a v3.0 file holds many episodes; reading it per episode would read it once per episode)."""
+        wanted = self._wanted(keys)
+        by_file: dict[str, list[EpisodeInfo]] = {}
+        for ep in self.episodes:
+            by_file.setdefault(ep.data_file, []).append(ep)
+        for rel, eps in by_file.items():
+            table = self._read_data_file(rel, wanted)
+            for ep in eps:
+                yield ep, self._episode_arrays(ep, table, wanted)
+
+    def _wanted(self, keys: Sequence[str] | None) -> list[str]:
         wanted = list(keys) if keys is not None else [k for k in self.features if self.features[k]["dtype"] != "video"]
         unknown = [k for k in wanted if k not in self.features]
         if unknown:
             raise KeyError(f"unknown features {unknown}; the dataset has {sorted(self.features)}")
-        table = pq.read_table(path)
-        cols = set(table.column_names)
-        if "episode_index" not in cols:
-            raise DatasetError(f"{path} lacks the column 'episode_index'")
-        if self.major == 3:
-            import pyarrow.compute as pc
+        return wanted
 
-            table = table.filter(pc.equal(table["episode_index"], episode))
+    def _read_data_file(self, rel: str, wanted: Sequence[str]) -> Any:
+        import pyarrow.parquet as pq
+
+        path = self.root / rel
+        if not path.exists():
+            raise DatasetError(f"data file {path} is missing")
+        names = set(pq.read_schema(path).names)
+        if "episode_index" not in names:
+            raise DatasetError(f"{path} lacks the column 'episode_index'")
+        columns = [c for c in (*wanted, "episode_index", "task_index") if c in names]
+        return pq.read_table(path, columns=list(dict.fromkeys(columns)))
+
+    def _episode_arrays(self, ep: EpisodeInfo, table: Any, wanted: Sequence[str]) -> dict[str, Any]:
+        import pyarrow.compute as pc
+
+        path = self.root / ep.data_file
+        if self.major == 3:
+            table = table.filter(pc.equal(table["episode_index"], ep.index))
         if table.num_rows != ep.length:
-            raise DatasetError(f"episode {episode}: meta says length {ep.length} but {path} holds {table.num_rows} rows")
+            raise DatasetError(f"episode {ep.index}: meta says length {ep.length} but {path} holds {table.num_rows} rows")
+        cols = set(table.column_names)
         out: dict[str, Any] = {}
         for key in wanted:
             feat = self.features[key]
@@ -316,7 +340,7 @@ class LeRobotDataset:
             idx = table["task_index"].to_pylist()
             missing = sorted({i for i in idx if i not in self.tasks})
             if missing:
-                raise DatasetError(f"episode {episode} uses task_index {missing} that meta/tasks does not define")
+                raise DatasetError(f"episode {ep.index} uses task_index {missing} that meta/tasks does not define")
             out["task"] = [self.tasks[i] for i in idx]
         elif ep.tasks:
             out["task"] = [ep.tasks[0]] * ep.length
@@ -342,6 +366,11 @@ class LeRobotDataset:
         if len(frames) < ep.length:
             raise DatasetError(f"{rel}: {len(frames)} frames for an episode of length {ep.length}")
         return np.stack(frames[: ep.length])
+
+
+def hwc_shape(feat: Mapping[str, Any]) -> tuple[int, ...]:
+    """An image feature's declared shape as (H, W, C), whether info.json writes it channels-first or last."""
+    return _hwc(tuple(int(x) for x in feat["shape"]), feat)
 
 
 def _hwc(shape: tuple[int, ...], feat: Mapping[str, Any]) -> tuple[int, ...]:
@@ -376,29 +405,81 @@ def aggregate_episode_stats(per_episode: Iterable[Mapping[str, Mapping[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- LeRobot write
+IMAGE_STRUCT_FIELDS = (("bytes", "binary"), ("path", "string"))
+LEROBOT_VERSIONS = ("v2.1", "v3.0")
+INDEX_FEATURES = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64",
+                  "task_index": "int64"}
+
+
+def image_stats(frames: np.ndarray, max_frames: int = 64) -> dict[str, Any]:
+    """Per-channel statistics of uint8 frames [T, H, W, 3] scaled to [0, 1], shaped [3, 1, 1] as LeRobot
+    stores them (on at most ``max_frames`` evenly spaced frames, as LeRobot subsamples)."""
+    picked = frames[np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).astype(int))]
+    st = compute_stats(picked.reshape(-1, picked.shape[-1]).astype(np.float32) / 255.0)
+    return {k: (v if k == "count" else [[[x]] for x in v]) for k, v in st.items()} | {"count": [int(len(frames))]}
+
+
+def _hf_features(features: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The Hugging Face ``datasets`` feature types LeRobot reads from a parquet file's schema metadata
+    (without them an image column loads as a plain struct, not a decoded image)."""
+    out: dict[str, Any] = {}
+    for key, feat in features.items():
+        if feat["dtype"] == "image":
+            out[key] = {"_type": "Image"}
+        elif list(feat["shape"]) == [1]:
+            out[key] = {"dtype": feat["dtype"], "_type": "Value"}
+        else:
+            out[key] = {"feature": {"dtype": feat["dtype"], "_type": "Value"}, "length": int(np.prod(feat["shape"])),
+                        "_type": "Sequence"}
+    return out
+
+
 class LeRobotWriter:
-    """Write episodes in the LeRobot v2.1 layout with images inside the parquet (``dtype: image``)."""
+    """Write episodes in the LeRobot v2.1 (one parquet per episode) or v3.0 (many episodes per parquet
+    file) layout, images inside the parquet (``dtype: image``), fps an integer, statistics for every
+    feature (images per channel), and the parquet feature metadata LeRobot decodes images with."""
 
     def __init__(self, root: str | Path, fps: float, features: Mapping[str, Mapping[str, Any]], robot_type: str = "unknown",
-                 chunks_size: int = 1000) -> None:
+                 chunks_size: int = 1000, version: str = "v2.1", data_file_size_mb: float = 100.0) -> None:
         self.root = Path(root)
         if (self.root / "meta" / "info.json").exists():
             raise FileExistsError(f"{self.root} already holds a dataset; choose another folder or delete it")
+        if version not in LEROBOT_VERSIONS:
+            raise ValueError(f"LeRobot version must be one of {LEROBOT_VERSIONS}, got {version!r}")
+        if float(fps) != int(fps) or fps <= 0:
+            raise ValueError(f"fps must be a positive integer (LeRobot stores it as one), got {fps}")
         for name, feat in features.items():
             if feat.get("dtype") not in ("image", "float32", "float64", "int64"):
                 raise ValueError(f"feature {name!r}: dtype must be image, float32, float64 or int64")
             if "shape" not in feat:
                 raise ValueError(f"feature {name!r} lacks 'shape'")
         self.features = {k: dict(v) for k, v in features.items()}
-        self.fps, self.robot_type, self.chunks_size = float(fps), robot_type, chunks_size
+        self.all_features = {**self.features, **{k: {"dtype": dt, "shape": [1], "names": None} for k, dt in INDEX_FEATURES.items()}}
+        self.fps, self.robot_type, self.chunks_size, self.version = int(fps), robot_type, chunks_size, version
+        self.data_file_size = data_file_size_mb * 2**20
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict[str, Any]] = []
         self.episode_stats: list[dict[str, Any]] = []
         self.total_frames = 0
+        self._file: Any = None  # v3.0: the open parquet writer and its (chunk, file) index
+        self._file_index = (0, 0)
+
+    def _schema(self) -> Any:
+        import pyarrow as pa
+
+        fields = []
+        for key, feat in self.all_features.items():
+            if feat["dtype"] == "image":
+                fields.append(pa.field(key, pa.struct([(n, getattr(pa, t)()) for n, t in IMAGE_STRUCT_FIELDS])))
+            elif list(feat["shape"]) == [1]:
+                fields.append(pa.field(key, pa.from_numpy_dtype(np.dtype(feat["dtype"]))))
+            else:
+                fields.append(pa.field(key, pa.list_(pa.from_numpy_dtype(np.dtype(feat["dtype"])), int(np.prod(feat["shape"])))))
+        meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(self.all_features)}}).encode()}
+        return pa.schema(fields, metadata=meta)
 
     def add_episode(self, frames: Mapping[str, np.ndarray], task: str) -> int:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         missing = [k for k in self.features if k not in frames]
         if missing:
@@ -418,47 +499,117 @@ class LeRobotWriter:
             if feat["dtype"] == "image":
                 if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != tuple(feat["shape"]):
                     raise ValueError(f"{key}: expected uint8 [T, {', '.join(map(str, feat['shape']))}], got {arr.dtype} {arr.shape}")
-                cols[key] = pa.array([{"bytes": encode_png(im), "path": None} for im in arr],
-                                     type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+                cols[key] = [{"bytes": encode_png(im), "path": None} for im in arr]
+                stats[key] = image_stats(arr)
             else:
                 if arr.shape[1:] != tuple(feat["shape"]):
                     raise ValueError(f"{key}: expected rows of shape {tuple(feat['shape'])}, got {arr.shape[1:]}")
                 arr = arr.astype(feat["dtype"])
-                cols[key] = pa.array(list(arr), type=pa.list_(pa.from_numpy_dtype(arr.dtype), int(np.prod(feat["shape"]))))
+                cols[key] = list(arr.reshape(n, -1))
                 stats[key] = compute_stats(arr.reshape(n, -1))
-        cols["timestamp"] = pa.array((np.arange(n) / self.fps).astype(np.float32))
-        cols["frame_index"] = pa.array(np.arange(n, dtype=np.int64))
-        cols["episode_index"] = pa.array(np.full(n, ep, dtype=np.int64))
-        cols["index"] = pa.array(np.arange(self.total_frames, self.total_frames + n, dtype=np.int64))
-        cols["task_index"] = pa.array(np.full(n, task_index, dtype=np.int64))
-        rel = V21_DATA_PATH.format(episode_chunk=ep // self.chunks_size, episode_index=ep)
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), path)
-        self.episodes.append({"episode_index": ep, "tasks": [task], "length": n})
+        index = {"timestamp": (np.arange(n) / self.fps).astype(np.float32), "frame_index": np.arange(n, dtype=np.int64),
+                 "episode_index": np.full(n, ep, dtype=np.int64),
+                 "index": np.arange(self.total_frames, self.total_frames + n, dtype=np.int64),
+                 "task_index": np.full(n, task_index, dtype=np.int64)}
+        for key, values in index.items():
+            cols[key] = values
+            stats[key] = compute_stats(values.reshape(n, 1))
+        schema = self._schema()
+        table = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
+        record = {"episode_index": ep, "tasks": [task], "length": n}
+        if self.version == "v2.1":
+            path = self.root / V21_DATA_PATH.format(episode_chunk=ep // self.chunks_size, episode_index=ep)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, path)
+        else:
+            chunk, file = self._append_v3(table)
+            record.update({"data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": self.total_frames,
+                           "dataset_to_index": self.total_frames + n})
+        self.episodes.append(record)
         self.episode_stats.append({"episode_index": ep, "stats": stats})
         self.total_frames += n
         return ep
 
+    def _append_v3(self, table: Any) -> tuple[int, int]:
+        """Append an episode to the current data file; start the next file once this one passes the size limit."""
+        import pyarrow.parquet as pq
+
+        if self._file is not None and self._file[1].stat().st_size >= self.data_file_size:
+            self._file[0].close()
+            self._file = None
+            chunk, file = self._file_index
+            self._file_index = (chunk + 1, 0) if file + 1 >= self.chunks_size else (chunk, file + 1)
+        if self._file is None:
+            chunk, file = self._file_index
+            path = self.root / V30_DATA_PATH.format(chunk_index=chunk, file_index=file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = (pq.ParquetWriter(path, table.schema), path)
+        self._file[0].write_table(table)
+        return self._file_index
+
+    def _dataset_stats(self) -> dict[str, Any]:
+        pooled = aggregate_episode_stats([e["stats"] for e in self.episode_stats])
+        for key, st in pooled.items():  # q01/q99 of the pooled data: the frame-weighted mean of the episodes'
+            w = np.asarray([e["stats"][key]["count"][0] for e in self.episode_stats], dtype=np.float64)
+            for q in ("q01", "q99"):
+                st[q] = (np.stack([np.asarray(e["stats"][key][q], dtype=np.float64).reshape(-1) for e in self.episode_stats])
+                         * (w / w.sum())[:, None]).sum(0).tolist()
+            if self.all_features[key]["dtype"] == "image":
+                st.update({k: [[[x]] for x in v] for k, v in st.items() if k != "count"})
+        return pooled
+
     def finalize(self) -> Path:
         meta = self.root / "meta"
         meta.mkdir(parents=True, exist_ok=True)
-        features = dict(self.features)
-        for k, dt in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                      ("index", "int64"), ("task_index", "int64")):
-            features[k] = {"dtype": dt, "shape": [1], "names": None}
-        info = {
-            "codebase_version": "v2.1", "robot_type": self.robot_type, "total_episodes": len(self.episodes),
-            "total_frames": self.total_frames, "total_tasks": len(self.tasks), "total_videos": 0,
-            "total_chunks": (len(self.episodes) - 1) // self.chunks_size + 1 if self.episodes else 0,
-            "chunks_size": self.chunks_size, "fps": self.fps, "splits": {"train": f"0:{len(self.episodes)}"},
-            "data_path": V21_DATA_PATH, "video_path": None, "features": features,
+        info: dict[str, Any] = {
+            "codebase_version": self.version, "robot_type": self.robot_type, "total_episodes": len(self.episodes),
+            "total_frames": self.total_frames, "total_tasks": len(self.tasks), "chunks_size": self.chunks_size,
+            "fps": self.fps, "splits": {"train": f"0:{len(self.episodes)}"}, "video_path": None,
+            "features": self.all_features,
         }
+        if self.version == "v2.1":
+            info.update(total_videos=0, data_path=V21_DATA_PATH,
+                        total_chunks=(len(self.episodes) - 1) // self.chunks_size + 1 if self.episodes else 0)
+            (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
+            (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
+                                                      for t, i in self.tasks.items()))
+            (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episode_stats))
+        else:
+            if self._file is not None:
+                self._file[0].close()
+                self._file = None
+            info.update(data_path=V30_DATA_PATH, data_files_size_in_mb=self.data_file_size / 2**20,
+                        video_files_size_in_mb=200)
+            self._write_v3_meta(meta)
+        (meta / "stats.json").write_text(json.dumps(self._dataset_stats(), indent=1))
         (meta / "info.json").write_text(json.dumps(info, indent=2))
-        (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episodes))
-        (meta / "tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for t, i in self.tasks.items()))
-        (meta / "episodes_stats.jsonl").write_text("".join(json.dumps(e) + "\n" for e in self.episode_stats))
         return self.root
+
+    def _write_v3_meta(self, meta: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # tasks.parquet: LeRobot writes a pandas frame indexed by the task string; say so in the pandas metadata
+        names = list(self.tasks)
+        pandas_meta = {"index_columns": ["task"], "column_indexes": [],
+                       "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                                    "numpy_type": "int64", "metadata": None},
+                                   {"name": "task", "field_name": "task", "pandas_type": "unicode",
+                                    "numpy_type": "object", "metadata": None}],
+                       "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+        tasks = pa.table({"task_index": pa.array([self.tasks[t] for t in names], pa.int64()), "task": pa.array(names)})
+        pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), meta / "tasks.parquet")
+        rows: dict[str, list[Any]] = {k: [e[k] for e in self.episodes] for k in self.episodes[0]} if self.episodes else {}
+        rows["meta/episodes/chunk_index"] = [0] * len(self.episodes)
+        rows["meta/episodes/file_index"] = [0] * len(self.episodes)
+        for key in self.all_features:
+            for stat in STAT_KEYS + ("count",):
+                rows[f"stats/{key}/{stat}"] = [np.asarray(e["stats"][key][stat]).reshape(-1).tolist() for e in self.episode_stats]
+        path = meta / "episodes" / "chunk-000" / "file-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(rows), path)
 
 
 # ---------------------------------------------------------------------------------------------- LIBERO HDF5
@@ -568,34 +719,127 @@ class ChunkData:
         return self.actions[steps], valid.astype(np.float32)
 
 
+TrainingArrays = tuple[np.ndarray, np.ndarray, "np.ndarray | None", np.ndarray, list[str], np.ndarray]
+
+
 def load_lerobot_for_training(
-    root: str | Path, image_key: str | Sequence[str], action_key: str = "action", state_key: str | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, list[str], np.ndarray]:
+    root: str | Path, image_key: str | Sequence[str], action_key: str = "action", state_key: str | None = None,
+    image_size: int | None = None,
+) -> TrainingArrays:
     """(images, actions, states, episode ids, task strings, per-frame task ids) of a whole dataset.
 
-    ``image_key`` names one camera (images [N, H, W, 3]) or several (images [N, S, H, W, 3], in order)."""
+    ``image_key`` names one camera (images [N, H, W, 3]) or several (images [N, S, H, W, 3], in order).
+    ``image_size`` resizes frames (episode by episode, so a 256-px dataset never sits in memory whole)."""
     ds = LeRobotDataset(root)
     image_keys = [image_key] if isinstance(image_key, str) else list(image_key)
     for key in (*image_keys, action_key, *([state_key] if state_key else [])):
         if key not in ds.features:
             raise DatasetError(f"{root}: feature {key!r} not found; the dataset has {sorted(ds.features)}")
-    images, actions, states, eps, task_ids = [], [], [], [], []
-    task_names: dict[str, int] = {}
-    for ep in ds.episodes:
-        keys = [*image_keys, action_key] + ([state_key] if state_key else [])
-        d = ds.read_episode(ep.index, keys)
+    keys = [*image_keys, action_key] + ([state_key] if state_key else [])
+    episodes = []
+    for ep, d in ds.iter_episodes(keys):
         views = [d[k] for k in image_keys]
         if len({v.shape for v in views}) != 1:
             raise DatasetError(f"{root}: episode {ep.index} cameras differ in shape: "
                                f"{ {k: v.shape for k, v in zip(image_keys, views)} }")
-        images.append(views[0] if isinstance(image_key, str) else np.stack(views, axis=1))
-        actions.append(np.asarray(d[action_key], dtype=np.float32).reshape(ep.length, -1))
-        if state_key:
-            states.append(np.asarray(d[state_key], dtype=np.float32).reshape(ep.length, -1))
-        eps.append(np.full(ep.length, ep.index, dtype=np.int64))
-        tasks = d.get("task") or [""] * ep.length
-        task_ids.append(np.asarray([task_names.setdefault(t, len(task_names)) for t in tasks], dtype=np.int64))
-    if not images:
+        views = [resize_frames(v, image_size) for v in views]
+        episodes.append({"images": views[0] if isinstance(image_key, str) else np.stack(views, axis=1),
+                         "action": np.asarray(d[action_key], dtype=np.float32).reshape(ep.length, -1),
+                         "state": np.asarray(d[state_key], dtype=np.float32).reshape(ep.length, -1) if state_key else None,
+                         "index": ep.index, "task": d.get("task") or [""] * ep.length})
+    if not episodes:
         raise DatasetError(f"{root} holds no episodes")
-    return (np.concatenate(images), np.concatenate(actions), np.concatenate(states) if state_key else None,
-            np.concatenate(eps), list(task_names), np.concatenate(task_ids))
+    return _stack_episodes(episodes)
+
+
+def _stack_episodes(episodes: list[dict[str, Any]]) -> TrainingArrays:
+    task_names: dict[str, int] = {}
+    task_ids = [np.asarray([task_names.setdefault(t, len(task_names)) for t in e["task"]], dtype=np.int64) for e in episodes]
+    with_state = episodes[0]["state"] is not None
+    return (np.concatenate([e["images"] for e in episodes]), np.concatenate([e["action"] for e in episodes]),
+            np.concatenate([e["state"] for e in episodes]) if with_state else None,
+            np.concatenate([np.full(len(e["action"]), e["index"], dtype=np.int64) for e in episodes]),
+            list(task_names), np.concatenate(task_ids))
+
+
+#: LIBERO HDF5 arrays under the column names of LeRobot's ``libero_*_image`` datasets
+LIBERO_HDF5_COLUMNS = {"observation.images.image": "image", "observation.images.wrist_image": "wrist_image",
+                       "observation.state": "state", "action": "actions"}
+
+
+def libero_hdf5_files(path: str | Path) -> list[Path]:
+    """``path`` itself (a ``*.hdf5`` file) or the ``*.hdf5`` files in a folder (a suite: one file per task)."""
+    path = Path(path)
+    if path.is_file() and path.suffix in (".hdf5", ".h5"):
+        return [path]
+    files = sorted(path.glob("*.hdf5")) if path.is_dir() else []
+    return files
+
+
+def load_libero_hdf5_for_training(
+    path: str | Path, image_keys: Sequence[str], action_key: str = "action", state_key: str | None = None,
+    image_transform: str = "rot180", image_size: int | None = None,
+) -> TrainingArrays:
+    """LIBERO's own HDF5 demos as training arrays, addressed by the LeRobot column names
+    (``observation.images.image`` = agentview, ``observation.images.wrist_image`` = eye-in-hand,
+    ``observation.state`` = ee_pos + ee_ori + gripper_states, ``action``). Frames are raw renders
+    (upside down), so ``image_transform`` turns them the way the policy will see the simulator."""
+    files = libero_hdf5_files(path)
+    if not files:
+        raise DatasetError(f"{path} is neither a LIBERO .hdf5 file nor a folder holding any")
+    for key in (*image_keys, action_key, *([state_key] if state_key else [])):
+        if key not in LIBERO_HDF5_COLUMNS:
+            raise DatasetError(f"LIBERO HDF5 columns are {sorted(LIBERO_HDF5_COLUMNS)}; got {key!r}")
+    episodes = []
+    for f in files:
+        for ep in read_libero_hdf5(f):
+            missing = [k for k in (*image_keys, *([state_key] if state_key else [])) if LIBERO_HDF5_COLUMNS[k] not in ep]
+            if missing:
+                raise DatasetError(f"{f}:{ep['name']} has no data for {missing}")
+            views = [resize_frames(transform_image(ep[LIBERO_HDF5_COLUMNS[k]], image_transform), image_size) for k in image_keys]
+            n = len(ep["actions"])
+            episodes.append({"images": np.stack(views, axis=1), "action": ep["actions"],
+                             "state": ep["state"] if state_key else None, "index": len(episodes), "task": [ep["task"]] * n})
+    return _stack_episodes(episodes)
+
+
+def load_training_data(path: str | Path, image_keys: Sequence[str], action_key: str = "action",
+                       state_key: str | None = None, image_transform: str = "rot180",
+                       image_size: int | None = None) -> TrainingArrays:
+    """A LeRobot dataset folder (v2.x / v3.0) or LIBERO HDF5 demos (a file or a folder of them);
+    images [N, S, H, W, 3] in the order of ``image_keys``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"training data {path} does not exist (data.path, or collect.dataset when it is empty)")
+    if (path / "meta" / "info.json").exists():
+        return load_lerobot_for_training(path, list(image_keys), action_key, state_key, image_size)
+    if libero_hdf5_files(path):
+        return load_libero_hdf5_for_training(path, image_keys, action_key, state_key, image_transform, image_size)
+    raise DatasetError(f"{path} is neither a LeRobot dataset (meta/info.json) nor LIBERO HDF5 demos (*.hdf5)")
+
+
+# ---------------------------------------------------------------------------------------------- frames
+IMAGE_TRANSFORMS = ("rot180", "flip_vertical", "none")
+
+
+def transform_image(frames: np.ndarray, name: str) -> np.ndarray:
+    """Turn frames [..., H, W, 3]: ``rot180`` (LeRobot's LIBERO sets, openpi), ``flip_vertical``, ``none``."""
+    if name == "rot180":
+        return frames[..., ::-1, ::-1, :]
+    if name == "flip_vertical":
+        return frames[..., ::-1, :, :]
+    if name == "none":
+        return frames
+    raise ValueError(f"unknown image transform {name!r}; choose one of {IMAGE_TRANSFORMS}")
+
+
+def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """Frames [..., H, W, 3] resized to size×size (bilinear, antialiased); unchanged when already that size."""
+    frames = np.ascontiguousarray(frames)
+    if size is None or frames.shape[-3:-1] == (size, size):
+        return frames
+    from PIL import Image
+
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in flat])
+    return out.reshape(*frames.shape[:-3], size, size, 3)

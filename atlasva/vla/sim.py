@@ -16,6 +16,7 @@ import math
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,17 @@ import numpy as np
 
 from atlasva.sim.render import OffscreenRenderer, configure_headless
 from atlasva.vla.config import VLAConfig
-from atlasva.vla.data import ChunkData, LeRobotWriter, Normalizer, compute_stats, load_lerobot_for_training
+from atlasva.vla.data import (
+    ChunkData,
+    LeRobotDataset,
+    LeRobotWriter,
+    Normalizer,
+    compute_stats,
+    hwc_shape,
+    libero_hdf5_files,
+    load_training_data,
+)
+from atlasva.vla.parallel import ordered_map
 
 IMAGE_KEY = "observation.image"  # one camera; several cameras: observation.images.<camera> (LeRobot's naming)
 STATE_KEY = "observation.state"
@@ -178,8 +189,11 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
 
     ``collect.workers`` processes render and simulate episodes in parallel (rendering is most of the
     cost); the dataset is the same whatever their number — episodes are written in seed order."""
-    if cfg.sim.suite != "metaworld":
-        raise ValueError(f"sim.suite {cfg.sim.suite!r} is not supported here; use 'metaworld'")
+    from atlasva.vla import libero
+
+    if cfg.sim.suite != "metaworld" and not libero.is_libero(cfg.sim.suite):
+        raise ValueError(f"sim.suite {cfg.sim.suite!r} is not supported; use 'metaworld' or a LIBERO suite "
+                         f"({', '.join(libero.SUITES)})")
     if cfg.collect.workers < 1:
         raise ValueError(f"collect.workers must be ≥ 1, got {cfg.collect.workers}")
     root = Path(cfg.collect.dataset)
@@ -188,6 +202,8 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             _progress(f"dataset {root} exists; reusing it (collect.overwrite=true to re-record)")
             return json.loads((root / "meta" / "info.json").read_text())
         shutil.rmtree(root)
+    if libero.is_libero(cfg.sim.suite):
+        return libero.collect(cfg)
     counts = demo_counts(cfg)  # both fail before anything is recorded
     instructions = {task: instruction_of(cfg, task) for task in cfg.sim.tasks}
     size = cfg.sim.image_size
@@ -197,20 +213,12 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
         STATE_KEY: {"dtype": "float32", "shape": [4], "names": ["hand_x", "hand_y", "hand_z", "gripper"]},
         ACTION_KEY: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
     }
-    writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer")
+    writer = LeRobotWriter(root, fps=80, features=features, robot_type="sawyer", version=cfg.collect.lerobot_version)
     t0 = time.time()
     jobs = [(task, cfg.collect.seed_start + k, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
              cfg.collect.action_noise) for task in cfg.sim.tasks for k in range(counts[task])]
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
-    pool = None
-    if cfg.collect.workers > 1:
-        import multiprocessing as mp
-
-        # spawn: a forked child would share the parent's GL and MuJoCo state
-        pool = mp.get_context("spawn").Pool(cfg.collect.workers)
-        results = pool.imap(_record_episode, jobs)
-    else:
-        results = map(_record_episode, jobs)
+    results = ordered_map(_record_episode, jobs, cfg.collect.workers)
     try:
         for job, episode in zip(jobs, results):
             task = job[0]
@@ -225,8 +233,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
             if k % 10 == 0 or k == counts[task]:
                 _progress(f"collect {task}: {k}/{counts[task]} episodes ({time.time() - t0:.0f}s)")
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()  # stops the worker processes, if any
         _close_worker_sims()
     writer.finalize()
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -236,15 +243,51 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def run_config(cfg: VLAConfig) -> dict[str, Any]:
-    """The part of the config that identifies a training run (eval settings, resume and collect workers excluded)."""
-    from atlasva.config import to_dict
+# eval settings go into the training run's folder; worker counts do not change the data
+NOT_IDENTITY = ("eval", "collect.workers")
 
-    d = to_dict(cfg)
-    d.pop("eval", None)
-    d["collect"].pop("workers", None)  # how many processes recorded the data does not change it
-    d["run"] = {k: v for k, v in d["run"].items() if k != "resume"}
-    return d
+
+def run_config(cfg: VLAConfig) -> dict[str, Any]:
+    """The part of the config that identifies a training run (``runs.run_identity``: no ``run.*``, no eval
+    settings, no worker counts)."""
+    from atlasva.config import to_dict
+    from atlasva.runs import run_identity
+
+    return run_identity(to_dict(cfg), NOT_IDENTITY)
+
+
+def training_image_keys(cfg: VLAConfig) -> list[str]:
+    """The dataset columns fed to the model, one per camera: ``data.image_keys`` or derived from sim.cameras
+    (LIBERO cameras map to LeRobot's LIBERO column names)."""
+    from atlasva.vla.libero import CAMERA_KEYS, is_libero
+
+    if cfg.data.image_keys:
+        if len(cfg.data.image_keys) != len(cfg.sim.cameras):
+            raise ValueError(f"data.image_keys {list(cfg.data.image_keys)} must name one column per sim.cameras entry "
+                             f"{list(cfg.sim.cameras)}, in the same order")
+        return list(cfg.data.image_keys)
+    if is_libero(cfg.sim.suite):
+        unknown = [c for c in cfg.sim.cameras if c not in CAMERA_KEYS]
+        if unknown:
+            raise ValueError(f"LIBERO cameras are {list(CAMERA_KEYS)}; sim.cameras has {unknown}")
+        return [CAMERA_KEYS[c] for c in cfg.sim.cameras]
+    return image_keys(cfg.sim.cameras)
+
+
+def dataset_image_size(cfg: VLAConfig, keys: Sequence[str]) -> int:
+    """The frames' size on disk (eval renders at this size and resizes as training did)."""
+    path = Path(cfg.data.path or cfg.collect.dataset)
+    if (path / "meta" / "info.json").exists():
+        feature = LeRobotDataset(path).features[keys[0]]
+        return int(hwc_shape(feature)[0])
+    files = libero_hdf5_files(path)
+    if files:
+        import h5py
+
+        with h5py.File(files[0], "r") as f:
+            demo = next(k for k in f["data"] if k.startswith("demo_"))
+            return int(f["data"][demo]["obs/agentview_rgb"].shape[1])
+    return cfg.sim.image_size
 
 
 def _augment(x: Any, shift: int, gen: Any) -> Any:
@@ -293,10 +336,11 @@ def train(cfg: VLAConfig) -> Path:
 
     torch.set_num_threads(max(1, cfg.train.num_threads))
     geometry = cfg.model.geometry()
-    keys = image_keys(cfg.sim.cameras)
-    images, actions, states, episodes, tasks, task_ids = load_lerobot_for_training(
-        cfg.collect.dataset, keys, ACTION_KEY, STATE_KEY if geometry.state_dim else None
-    )
+    keys = training_image_keys(cfg)
+    data_image_size = dataset_image_size(cfg, keys)
+    images, actions, states, episodes, tasks, task_ids = load_training_data(
+        cfg.data.path or cfg.collect.dataset, keys, cfg.data.action_key, cfg.data.state_key if geometry.state_dim else None,
+        cfg.libero.image_transform, geometry.image_size)
     if images.shape[-3:-1] != (geometry.image_size, geometry.image_size):
         raise ValueError(f"dataset frames are {images.shape[-3:-1]}, model.image_size is {geometry.image_size}")
     if actions.shape[1] != geometry.action_dim:
@@ -350,6 +394,8 @@ def train(cfg: VLAConfig) -> Path:
             "geometry": geometry.to_dict(), "normalizer": norm.to_dict(), "tasks": tasks,
             "optimizer_groups": groups, "image_keys": keys, "cameras": list(cfg.sim.cameras),
             "state_key": STATE_KEY, "action_key": ACTION_KEY,
+            # how eval must render to see what training saw: render size (resized to the model's) and turn
+            "data_image_size": data_image_size, "image_transform": cfg.libero.image_transform,
         })
 
     for step in range(start, cfg.train.steps):
@@ -402,9 +448,13 @@ def cfg_name(cfg: VLAConfig) -> str:
 
 # ---------------------------------------------------------------------------------------------- eval
 class VLAPolicy:
-    """A trained checkpoint wrapped for closed-loop control (normalisation included)."""
+    """A trained checkpoint wrapped for closed-loop control (normalisation included).
 
-    def __init__(self, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    The policy owns its execution state, as LeRobot's policies do: ``reset()`` at an episode's start,
+    then ``select_action`` once per control step pops an action queue that is refilled with a new
+    chunk when empty — so every control loop (Meta-World, LIBERO) steps one action at a time."""
+
+    def __init__(self, tensors: dict[str, Any], state: dict[str, Any], execute_steps: int | None = None) -> None:
         import torch
 
         from atlasva.vla.model import AtlasVLA, Geometry
@@ -418,6 +468,33 @@ class VLAPolicy:
         self.cameras: list[str] | None = state.get("cameras")  # None: a checkpoint from before multi-camera
         self._tokens: dict[str, Any] = {}
         self._torch = torch
+        if execute_steps is not None and execute_steps < 1:
+            raise ValueError(f"execute_steps must be ≥ 1, got {execute_steps}")
+        #: actions of each predicted chunk executed before the policy looks again (receding horizon)
+        self.execute_steps = min(geometry.chunk, execute_steps or geometry.chunk)
+        self._queue: deque[np.ndarray] = deque()
+        self.queries = 0
+
+    def reset(self) -> None:
+        """Forget the queued actions: call at the start of every episode."""
+        self._queue.clear()
+        self.queries = 0
+
+    @property
+    def needs_observation(self) -> bool:
+        """True when the next ``select_action`` predicts a new chunk (so the caller renders only then)."""
+        return not self._queue
+
+    def select_action(self, image: np.ndarray | None, instruction: str, state: np.ndarray | None) -> np.ndarray:
+        """The next action of the episode. An empty queue is refilled with the first ``execute_steps``
+        actions of a chunk predicted from this observation; otherwise the observation is not looked at
+        (and may be None)."""
+        if not self._queue:
+            if image is None:
+                raise ValueError("the action queue is empty: select_action needs this step's views")
+            self._queue.extend(self.act(image, instruction, state)[: self.execute_steps])
+            self.queries += 1
+        return self._queue.popleft()
 
     def act(self, image: np.ndarray, instruction: str, state: np.ndarray | None) -> np.ndarray:
         """Unnormalised action chunk [chunk, action_dim] for one uint8 H×W×3 frame or S views [S, H, W, 3]."""
@@ -440,32 +517,38 @@ class VLAPolicy:
         return self.norm.unnormalize(ACTION_KEY, out[0].numpy())
 
 
-def run_episode(sim: MetaWorldTask, policy: VLAPolicy | None, instruction: str, seed: int, max_steps: int,
-                execute_steps: int, keep_frames: bool = False) -> dict[str, Any]:
-    """One closed-loop episode (policy=None runs the scripted expert). Frames are rendered only at queries."""
+def run_episode(sim: Any, policy: VLAPolicy | None, instruction: str, seed: int, max_steps: int,
+                keep_frames: bool = False) -> dict[str, Any]:
+    """One closed-loop episode, one action per step (policy=None runs the sim's scripted expert).
+
+    ``sim`` is a :class:`MetaWorldTask` or a :class:`atlasva.vla.libero.LiberoTask`: ``reset(seed)``,
+    ``images()``, ``state()``, ``step(action) -> success``, ``task``. Frames are rendered only when
+    the policy looks (a new chunk)."""
     sim.reset(seed)
-    steps = queries = 0
+    if policy is not None:
+        policy.reset()
+    steps = 0
     success = False
     frames: list[np.ndarray] = []
     latencies: list[float] = []
     while steps < max_steps and not success:
         if policy is None:
-            chunk = sim.expert_action()[None]
+            action = sim.expert_action()
         else:
-            views = sim.images()
-            if keep_frames:
-                frames.append(np.concatenate(list(views), axis=1))  # the views side by side
+            views = state = None
+            if policy.needs_observation:
+                views, state = sim.images(), sim.state()
+                if keep_frames:
+                    frames.append(np.concatenate(list(views), axis=1))  # the views side by side
             t = time.perf_counter()
-            chunk = policy.act(views, instruction, sim.state())
-            latencies.append(time.perf_counter() - t)
-        queries += 1
-        for a in chunk[: max(1, execute_steps)]:
-            success = sim.step(a)
-            steps += 1
-            if success or steps >= max_steps:
-                break
+            action = policy.select_action(views, instruction, state)
+            if views is not None:
+                latencies.append(time.perf_counter() - t)
+        success = sim.step(action)
+        steps += 1
     out: dict[str, Any] = {
-        "task": sim.task, "seed": int(seed), "success": success, "steps": steps, "turns": queries,
+        "task": sim.task, "seed": int(seed), "success": success, "steps": steps,
+        "turns": steps if policy is None else policy.queries,
         "format_valid_rate": 1.0, "finish_reason": "success" if success else "max_steps",
     }
     if latencies:
@@ -479,13 +562,17 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
     import torch
 
     from atlasva.runs import RunFolder, summarize_episodes
+    from atlasva.vla import libero
+
+    if libero.is_libero(cfg.eval.suite or cfg.sim.suite):
+        return libero.evaluate(cfg)
 
     torch.set_num_threads(max(1, cfg.eval.num_threads))
     run = RunFolder.create(cfg_name(cfg), run_config(cfg), root=cfg.run.root, resume=True)
     loaded = run.load_checkpoint(Path(cfg.eval.checkpoint) if cfg.eval.checkpoint else None)
     if loaded is None:
         raise FileNotFoundError(f"no checkpoint in {run.path}; run `atlasva vla train` with the same config first")
-    policy = VLAPolicy(*loaded)
+    policy = VLAPolicy(*loaded, execute_steps=cfg.eval.execute_steps)
     if policy.cameras is not None and list(cfg.sim.cameras) != policy.cameras:
         raise ValueError(f"sim.cameras is {list(cfg.sim.cameras)} but the checkpoint was trained on {policy.cameras}")
     demo_seeds = set(range(cfg.collect.seed_start, cfg.collect.seed_start + max(demo_counts(cfg).values())))
@@ -501,13 +588,12 @@ def evaluate(cfg: VLAConfig) -> dict[str, Any]:
         sim = MetaWorldTask(task, policy.geometry.image_size, cfg.sim.cameras, cfg.sim.flip_vertical, max_steps)
         instruction = instruction_of(cfg, task)
         for i, seed in enumerate(eval_seeds):
-            rec = run_episode(sim, policy, instruction, seed, max_steps, cfg.eval.execute_steps,
-                              keep_frames=cfg.eval.save_media and i == 0)
+            rec = run_episode(sim, policy, instruction, seed, max_steps, keep_frames=cfg.eval.save_media and i == 0)
             if "_frames" in rec:
                 media[task] = rec.pop("_frames")
             records.append(rec)
             if cfg.eval.expert_baseline:
-                expert_records.append(run_episode(sim, None, instruction, seed, max_steps, 1))
+                expert_records.append(run_episode(sim, None, instruction, seed, max_steps))
             k = sum(r["success"] for r in records if r["task"] == task)
             _progress(f"eval {task}: {i + 1}/{len(eval_seeds)} episodes, {k} successes ({time.time() - t0:.0f}s)")
         sim.close()

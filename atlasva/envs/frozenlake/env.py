@@ -114,6 +114,8 @@ class FrozenLakeEnv(AtlasEnv):
     relation_vocabulary = formats.Vocabulary.of(
         ("goal", "hole"), ("above", "below", "same row as", "left of", "right of", "same column as"), ("player",)
     )
+    #: size: cells per side; tile_size: pixels per cell (frames also obey image_pixels)
+    limits = {**AtlasEnv.limits, "size": 32, "tile_size": 64, "options.level": 32}
 
     def __init__(
         self,
@@ -136,6 +138,8 @@ class FrozenLakeEnv(AtlasEnv):
             raise ValueError(f"slip_prob must be in [0, 1), got {slip_prob}")
         if int(tile_size) < 4:
             raise ValueError(f"tile_size must be >= 4 pixels, got {tile_size}")
+        self.check_limit("size", size, "cells per side")
+        self.check_limit("tile_size", tile_size, "pixels")
         self.size, self.p, self.random_start_goal = int(size), float(p), bool(random_start_goal)
         self.slip_prob, self.success_reward, self.step_penalty = float(slip_prob), float(success_reward), float(step_penalty)
         self.tile_size = int(tile_size)

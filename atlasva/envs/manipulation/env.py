@@ -66,6 +66,9 @@ class ManipulationEnv(AtlasEnv):
     action_sep = "|"
     action_names = ("pick(x,y,z)", "place(x,y,z)", "push(x1,y1,z1,x2,y2,z2)")
 
+    #: width, height: pixels (frames also obey image_pixels); grid: table-plane cells per side
+    limits = {**AtlasEnv.limits, "width": 1024, "height": 1024, "grid": 64}
+
     def __init__(
         self,
         *,
@@ -88,6 +91,10 @@ class ManipulationEnv(AtlasEnv):
             raise ValueError(f"camera must be 'front' or 'top', got {camera!r}")
         if int(grid) < 2 or float(speed) <= 0:
             raise ValueError(f"grid must be >= 2 and speed > 0 (got grid={grid}, speed={speed})")
+        self.check_limit("grid", grid, "cells per side")
+        for key, value in (("width", width), ("height", height)):
+            if value is not None:
+                self.check_limit(key, value, "pixels")
         try:
             from atlasva.sim.render import configure_headless
 

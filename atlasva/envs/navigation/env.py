@@ -43,6 +43,10 @@ class NavigationEnv(AtlasEnv):
     relation_vocabulary = formats.Vocabulary.of(
         ("target",), ("ahead of", "behind", "left of", "right of", "near", "far from"), ("agent",)
     )
+    #: size: cells per side; width, height, map_cell_px: pixels; n_objects: the upper end; options.level:
+    #: lines and characters per line of a given level (the grid rows plus room, object and task lines)
+    limits = {**AtlasEnv.limits, "size": 32, "width": 1024, "height": 1024, "map_cell_px": 32, "n_objects": 16,
+              "options.level": 256}
 
     def __init__(
         self,
@@ -74,6 +78,11 @@ class NavigationEnv(AtlasEnv):
             raise ValueError(f"unknown instruction_set {instruction_set!r}; accepted: {', '.join(INSTRUCTION_SETS)}")
         if not isinstance(n_objects, list | tuple) or len(n_objects) != 2:
             raise ValueError(f"n_objects must be [lo, hi], got {n_objects!r}")
+        self.check_limit("size", size, "cells per side")
+        self.check_limit("n_objects", n_objects)
+        for key, value in (("width", width), ("height", height), ("map_cell_px", map_cell_px)):
+            if value is not None:
+                self.check_limit(key, value, "pixels")
         if float(cell_m) <= 0 or float(success_distance) <= 0:
             raise ValueError(f"cell_m ({cell_m}) and success_distance ({success_distance}) must be > 0")
         if float(pitch_step) <= 0 or int(look_up_steps) < 0 or int(look_down_steps) < 0:

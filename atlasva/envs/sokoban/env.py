@@ -36,6 +36,12 @@ class SokobanEnv(AtlasEnv):
         ("above", "below", "same row as", "left of", "right of", "same column as"),
         ("player",),
     )
+    #: dim_room / options.level: cells per side; tile_size: pixels per cell (frames also obey image_pixels);
+    #: max_gen_tries × a bounded search each is the worst-case generation time
+    limits: ClassVar[dict[str, int]] = {
+        **AtlasEnv.limits, "dim_room": 16, "num_boxes": 6, "tile_size": 64, "max_gen_tries": 1000,
+        "num_gen_steps": 10_000, "options.level": 32,
+    }
 
     def __init__(
         self,
@@ -55,6 +61,12 @@ class SokobanEnv(AtlasEnv):
     ) -> None:
         super().__init__(max_actions_per_turn=max_actions_per_turn, format_reward=format_reward, **kwargs)
         self.dim_room = check_config(tuple(dim_room), num_boxes, min_solution_length, max_solution_length)
+        self.check_limit("dim_room", dim_room, "cells per side")
+        self.check_limit("num_boxes", num_boxes)
+        self.check_limit("tile_size", tile_size, "pixels")
+        self.check_limit("max_gen_tries", max_gen_tries)
+        if num_gen_steps is not None:
+            self.check_limit("num_gen_steps", num_gen_steps)
         self.num_boxes = int(num_boxes)
         self.min_solution_length = int(min_solution_length)
         self.max_solution_length = None if max_solution_length is None else int(max_solution_length)
@@ -91,6 +103,7 @@ class SokobanEnv(AtlasEnv):
 
     def _set_level(self, level: Level) -> None:
         h, w = level.height, level.width
+        self.check_image_shape(h * self.tile_size, w * self.tile_size)  # a given level may be larger than dim_room
         if (h, w) != tuple(self.grid_shape):
             self.grid_shape = (h, w)
             self.image_shape = (h * self.tile_size, w * self.tile_size, 3)
