@@ -230,8 +230,8 @@ def run_episode(env, seed: int, learner, q: dict, qc: QConfig, snap, steps_left:
         target = info["reward_components"]["env"] + f + (0.0 if term else qc.gamma * q.setdefault(s2, np.zeros(n_act)).max())
         qs[a] += qc.alpha * (target - qs[a])
         turn = Turn(prompt_text="", response_text=text, actions=info["actions"], cells=info["cells"],
-                    metrics=info["metrics"], state=state, terminated=term, truncated=trunc, frames=shown)
-        turn.events = info["events"]  # the record keeps the env's events (see docs/memory.md)
+                    metrics=info["metrics"], state=state, terminated=term, truncated=trunc, events=info["events"],
+                    frames=shown)
         ep.turns.append(turn)
         s = s2
     if ep.turns and info["metrics"].get("success", False):
@@ -428,8 +428,8 @@ def perf(name: str, spec: dict[str, Any], seed: int, n_episodes: int) -> dict[st
             step_s += time.perf_counter() - t
             steps += 1
             turn = Turn(prompt_text=obs["text"], actions=info["actions"], cells=info["cells"], metrics=info["metrics"],
-                        state=info["state"], terminated=term, truncated=trunc, frames=list(obs["images"]))
-            turn.events = info["events"]
+                        state=info["state"], terminated=term, truncated=trunc, events=info["events"],
+                        frames=list(obs["images"]))
             ep.turns.append(turn)
             observations.append(obs)
             obs, state = new_obs, info["state"]

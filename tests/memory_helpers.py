@@ -88,8 +88,7 @@ def play(env: Any, turns: list[list[str]], *, seed: int | None = None, level: li
         shown = list(obs["images"]) if frames else []
         obs, _, term, trunc, info = env.step(formats.answer(actions, env.format, action_sep=env.action_sep))
         turn = Turn(prompt_text="", actions=info["actions"], cells=info["cells"], metrics=info["metrics"],
-                    state=info["state"], terminated=term, truncated=trunc, frames=shown)
-        turn.events = info["events"]
+                    state=info["state"], terminated=term, truncated=trunc, events=info["events"], frames=shown)
         ep.turns.append(turn)
         if term or trunc:
             break

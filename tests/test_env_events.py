@@ -142,3 +142,26 @@ def test_manipulation_table_to_image_projects_objects_onto_their_pixels(manip):
         u, v, w = h @ [(x + 0.25) / cell_w, (0.25 - y) / cell_w, 1.0]
         px = img[int(v / w * img.shape[0]), int(u / w * img.shape[1])].astype(int)
         assert np.argmax(px) == colours[o["name"]] and px.max() > 150, (o["name"], px)
+
+
+def test_the_agent_loop_records_the_events_and_the_record_keeps_them():
+    # the record the memory learns from is written by the agent loop: a turn's info["events"] must reach
+    # Turn.events and survive the episode's JSON form (the verl transport and the run's episode files)
+    from atlasva.envs.pool import InProcessEnvPool
+    from atlasva.rollout.episode import Episode
+    from atlasva.rollout.loop import AgentLoop, EpisodeRequest, RolloutConfig
+    from atlasva.rollout.scripted import scripted_policy
+
+    config = {"format": "no_think", "max_actions_per_turn": 1, "width": 32}
+    env = envs.make("navigation", obs_mode="text", **config)
+    env.reset(seed=1)
+    expected = []
+    for _ in range(12):  # forward until blocked (a collision every turn from then on)
+        *_, info = _step(env, "move_forward")
+        expected.append(info["events"])
+    assert any(expected), "navigation seed 1 never collides moving forward: pick another seed"
+    answer = formats.answer(["move_forward"], "no_think")
+    loop = AgentLoop(scripted_policy({1: [answer] * 12}), InProcessEnvPool(), RolloutConfig(max_turns=12))
+    (ep,) = loop.run([EpisodeRequest("navigation", 1, dict(config))]).episodes
+    assert [t.events for t in ep.turns] == expected
+    assert [t.events for t in Episode.from_dict(json.loads(json.dumps(ep.to_dict()))).turns] == expected

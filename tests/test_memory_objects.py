@@ -139,8 +139,7 @@ def _grasp_episode(events_per_turn, success, group="g"):
         cell = cells[-1]
         t = Turn(prompt_text="", actions=[e["kind"] for e in evs], cells=cells, terminated=last and success,
                  truncated=last and not success, metrics={"success": last and success},
-                 frames=[frame((0, 0))])
-        t.events = [{**e, "step": k} for k, e in enumerate(evs)]
+                 events=[{**e, "step": k} for k, e in enumerate(evs)], frames=[frame((0, 0))])
         ep.turns.append(t)
     ep.finish("success" if success else "truncated")
     return ep

@@ -85,8 +85,7 @@ def _manip_episode(events, success):
                  heuristics={"shape": [4, 4], "goals": [[3, 3]]})
     for i, e in enumerate(events):
         t = Turn(prompt_text="", actions=[e["kind"]], cells=[[0, 0], e["cell"]], metrics={},
-                 terminated=success and i == len(events) - 1)
-        t.events = [{**e, "step": 0}]
+                 terminated=success and i == len(events) - 1, events=[{**e, "step": 0}])
         ep.turns.append(t)
     ep.finish("success" if success else "truncated")
     return ep

@@ -351,7 +351,7 @@ def batch_episode_cells(
 
 
 def turn_events(turn: Any) -> list[dict[str, Any]]:
-    """The env's ``info["events"]`` of a turn (an empty list for records made without them)."""
+    """The env's ``info["events"]`` of a turn (``Turn.events``; an empty list for records without them)."""
     return getattr(turn, "events", None) or []
 
 
