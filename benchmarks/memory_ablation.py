@@ -37,6 +37,7 @@ memory update per episode step and of an injection per observation, as ratios to
     .venv/bin/python benchmarks/memory_ablation.py --jobs 2     # full (about an hour on 2 shared cores)
     .venv/bin/python benchmarks/memory_ablation.py --quick      # smoke run
     .venv/bin/python benchmarks/memory_ablation.py --costs-only # the cost ratios alone
+    .venv/bin/python benchmarks/memory_ablation.py --panel-only # docs/memory_panel.png alone
 """
 
 from __future__ import annotations
@@ -562,6 +563,7 @@ def main() -> None:
                     help="only the cost measurement (update per episode step, injection per observation)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "memory_ablation.png"))
     ap.add_argument("--panel", default=str(ROOT / "docs" / "memory_panel.png"), help="'' to skip the panel")
+    ap.add_argument("--panel-only", action="store_true", help="only draw the panel of a memory evolved on --envs")
     ap.add_argument("--memory", nargs="*", default=[], metavar="KEY=VALUE",
                     help="MemoryConfig overrides for every memory arm, e.g. box_weight=1.0")
     args = ap.parse_args()
@@ -579,6 +581,10 @@ def main() -> None:
         costs_only(envs, 32 if args.quick else 96)
         return
     qc = QConfig()
+    if args.panel_only:
+        render_panel(envs, qc, args.panel, args.budget_scale)
+        print(f"panel: {args.panel}")
+        return
     results: dict[str, Any] = {}
     for name in envs:
         spec = ENVS[name]

@@ -208,3 +208,25 @@ def test_bumps_are_skill_facts_not_cell_danger():
     assert mem.skill_lines("frozenlake") == ["Avoid Up into the edge: it failed 100% of 36 times."]
     with pytest.raises(TypeError, match="ineffective_weight"):  # the former option is gone (see MemoryConfig)
         MemoryConfig(ineffective_weight=0.25)
+
+
+def test_the_panel_shows_the_box_atlas_and_the_grasp_atlas(tmp_path, sok, monkeypatch):
+    import atlasva.memory.memory as memory_module
+
+    captions: dict[str, list[str]] = {}
+    draw = memory_module.panel
+
+    def capture(path, rows, title):
+        captions.update({row["name"]: [caption for _, caption in row["tiles"]] for row in rows})
+        return draw(path, rows, title)
+
+    monkeypatch.setattr(memory_module, "panel", capture)
+    mem = SkillMemory()
+    mem.update([play(sok, SOLVE, level=LEVEL, group_id="g"), play(sok, DEADLOCK, level=LEVEL, group_id="g")])
+    mem.update([_grasp_episode([[{"kind": "pick", "cell": [0, 2]}]], True),
+                _grasp_episode([[{"kind": "pick_failed", "cell": [0, 1]}]], False)])
+    assert mem.render_png(tmp_path / "panel.png").stat().st_size > 0
+    assert any(c.startswith("box atlas") for c in captions["sokoban"])
+    assert "injected image: player map | box map" in captions["sokoban"]
+    assert any(c.startswith("grasp atlas: pick/place targets (2 cells)") for c in captions["manip"])
+    assert "observation with the grasp overlay (injected)" in captions["manip"]
