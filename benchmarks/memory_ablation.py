@@ -11,8 +11,9 @@ Arms (same budget of primitive env steps; 10 fresh test levels × 3 learner seed
   every ``batch`` episodes (a new snapshot each time);
 - ``oracle``     — not a memory: the upper bound of what any potential can do for the learner, Φ(s) =
   0.1·V*(s) with V* the optimal value (γ^(d−1) for the fewest d actions to success on Sokoban and
-  navigation; value iteration on the slippery lake; none for manipulation). No cell atlas can give a
-  better potential than V* itself, so when the oracle does not beat ``heuristics`` by 1.5×, no memory can.
+  navigation; value iteration on the slippery lake; none for manipulation): the exact value's shape, a
+  reference for what a potential over the full state can do — not a strict bound (on navigation the
+  heuristic potential learns faster than it).
 
 Learners (one primitive action per turn, driving the real envs through ``env.step(formats.answer([a],
 "no_think"))``; the reward they learn from is ``r_env + F`` with ``F = snapshot.shaping(meta,
@@ -34,7 +35,7 @@ needs to reach it, on the mean success curve) and ``vs heuristics: N.Nx`` (steps
 needs to reach *its* final rate ÷ steps the best learned arm needs to reach that rate); then the cost of a
 memory update per episode step and of an injection per observation, as ratios to one env step + render.
 
-    .venv/bin/python benchmarks/memory_ablation.py --jobs 2     # full (about an hour on 2 shared cores)
+    .venv/bin/python benchmarks/memory_ablation.py              # full (about 75 min at one process on a loaded 2-core box)
     .venv/bin/python benchmarks/memory_ablation.py --quick      # smoke run
     .venv/bin/python benchmarks/memory_ablation.py --costs-only # the cost ratios alone
     .venv/bin/python benchmarks/memory_ablation.py --panel-only # docs/memory_panel.png alone
@@ -561,7 +562,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     ap.add_argument("--costs-only", action="store_true",
                     help="only the cost measurement (update per episode step, injection per observation)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "memory_ablation.png"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory_ablation.png"))
     ap.add_argument("--panel", default=str(ROOT / "docs" / "memory_panel.png"), help="'' to skip the panel")
     ap.add_argument("--panel-only", action="store_true", help="only draw the panel of a memory evolved on --envs")
     ap.add_argument("--memory", nargs="*", default=[], metavar="KEY=VALUE",
