@@ -72,3 +72,25 @@ def episode(
         i += per_turn
     ep.finish(outcome, failure_kind if failure_kind else ("hole" if outcome == "failure" else None))
     return ep
+
+
+def play(env: Any, turns: list[list[str]], *, seed: int | None = None, level: list[str] | None = None,
+         group_id: str = "", frames: bool = False) -> Episode:
+    """Play ``turns`` (actions per turn) on a real env into an Episode record, the env's events attached
+    to the turns (as the agent loop records them); stops when the episode ends."""
+    from atlasva import formats
+
+    obs, info = env.reset(seed=seed, options={"level": level} if level is not None else None)
+    ep = Episode(env_name=env.env_name, seed=seed, level_hash=info["level_hash"], group_id=group_id,
+                 start_state=info["state"], start_cell=info["cells"][0], heuristics=info["heuristics"])
+    term = trunc = False
+    for actions in turns:
+        shown = list(obs["images"]) if frames else []
+        obs, _, term, trunc, info = env.step(formats.answer(actions, env.format, action_sep=env.action_sep))
+        turn = Turn(prompt_text="", actions=info["actions"], cells=info["cells"], metrics=info["metrics"],
+                    state=info["state"], terminated=term, truncated=trunc, events=info["events"], frames=shown)
+        ep.turns.append(turn)
+        if term or trunc:
+            break
+    ep.finish("success" if info["metrics"]["success"] else ("failure" if term else "truncated"), info.get("failure"))
+    return ep

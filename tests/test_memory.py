@@ -81,15 +81,16 @@ def test_plain_ema_without_debias():
     assert mem.instance_atlas("toy", "L1").danger[1, 1] == pytest.approx(0.8 * 0.08 + 0.2 * 0.5)
 
 
-def test_ineffective_moves_and_failure_trace_credit():
+def test_bumps_carry_no_danger_and_the_failure_trace_credits_the_cells_before_a_hole():
     bump = episode([(0, 0), (0, 0), (0, 1)], "truncated")  # first move bumps into the edge
-    mem = SkillMemory(MemoryConfig(ineffective_weight=0.5, failure_trace=0.5))
+    mem = SkillMemory(MemoryConfig(failure_trace=0.5))
     mem.update([bump, episode(FAIL, "failure")])
     d = mem.instance_atlas("toy", "L1").danger
-    # (0,0): visits 3 (bump start, bump, FAIL start), credit 0.5 (bump) + 0.5² (two cells before the hole)
-    assert d[0, 0] == pytest.approx((0.5 + 0.25 + 1) / (3 + 4))
+    # (0,0): visits 3 (bump start, bump, FAIL start), credit 0.5² only (two cells before the hole)
+    assert d[0, 0] == pytest.approx((0.25 + 1) / (3 + 4))
     # (0,1): visits 2, trace credit 0.5 (one cell before the hole) -> (0.5+1)/(2+4)
     assert d[0, 1] == pytest.approx(1.5 / 6)
+    assert d[1, 1] == pytest.approx(2 / 5)  # the hole: (1 + 1) / (1 + 4)
 
 
 # --------------------------------------------------------------------------- affinity
@@ -248,8 +249,11 @@ def test_exemplar_dedup_by_perceptual_hash_and_eviction_by_utility():
 # --------------------------------------------------------------------------- skills
 
 
-def _events(n: int, fails: int, tile: str = "hazard", action: str = "Down"):
-    return [(tile, action, i < fails, False) for i in range(n)]
+HOLE_AHEAD = "grid:....H..@."  # the rotated 3×3 window: a hole in the cell the move enters
+
+
+def _events(n: int, fails: int, pattern: str = HOLE_AHEAD, action: str = "Down"):
+    return [(pattern, action, i < fails, False) for i in range(n)]
 
 
 def test_wilson_lower_bound_hand_values():
@@ -264,7 +268,7 @@ def test_skill_mining_thresholds_votes_and_cap():
     m.update([("frozenlake", _events(9, 9))])
     assert m.rules == []  # support 9 < 10
     m.update([("frozenlake", _events(1, 1))])
-    assert [r.text() for r in m.rules] == ["Avoid Down when a hole is below you: it failed 100% of 10 times."]
+    assert [r.text() for r in m.rules] == ["Avoid Down into a hole: it failed 100% of 10 times."]
     m2 = SkillMiner(min_support=10, threshold=0.6)
     m2.update([("frozenlake", _events(10, 7))])  # Wilson(7/10) = 0.397 < 0.6
     assert m2.rules == []
@@ -284,7 +288,9 @@ def test_memory_mines_skills_from_episodes():
     mem.update([episode(FAIL, "failure", env="frozenlake") for _ in range(5)])
     assert mem.skill_lines("frozenlake") == []  # Wilson(5/5) = 0.566 < 0.6
     mem.update([episode(FAIL, "failure", env="frozenlake")])
-    assert mem.skill_lines("frozenlake") == ["Avoid Down when a hole is below you: it failed 100% of 6 times."]
+    # FAIL's last move goes Down into the hole at (1, 1); the goal (2, 2) is two ahead on its left
+    assert mem.skill_lines("frozenlake") == [
+        "Avoid Down into a hole (goal 2-ahead-left): it failed 100% of 6 times."]
 
 
 # --------------------------------------------------------------------------- injection
@@ -304,7 +310,7 @@ def test_injection_layers_placeholders_and_turn_policy():
     assert text.count("<image>") == len(images) == 1 + 2 + 1  # atlas, failure + success exemplar, observation
     assert text.startswith("Memory map <image>: red = danger")
     assert "FAILURE at (0,1): Down → fell into a hole, seen 6×" in text
-    assert "- Avoid Down when a hole is below you" in text
+    assert "- Avoid Down into a hole" in text
     atlas = images[0]
     assert atlas.shape == (222, 222, 3) and atlas.dtype == np.uint8  # 3 cells × 74 px
     assert atlas[111, 111, 0] == 255 and atlas[111, 111, 2] == 0  # the hole (1,1) is full red
@@ -334,7 +340,7 @@ def test_injection_switches_keep_placeholders_matched(switches, n_images):
     mem.update([episode(FAIL, "failure", level="L") for _ in range(6)] + [episode(SUCCESS, "success", level="L")])
     text, images = mem.snapshot().inject(episode_meta("toy", "L", heuristics_3x3(), [0, 0]), _obs(), 0)
     if switches.get("enable", True) is not False and switches.get("inject_skills", True):
-        assert "- Avoid Down when a hazard is below you" in text
+        assert "- Avoid Down into a hazard" in text
     assert text.count("<image>") == len(images) == n_images
     if switches.get("overlay"):
         assert "tinted with the memory map" in text

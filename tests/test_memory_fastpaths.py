@@ -14,10 +14,9 @@ from atlasva.memory.atlas import (
     _group_advantages,
     batch_episode_cells,
     episode_cells,
-    walk_batch,
 )
 from atlasva.memory.exemplars import ExemplarBank, dhash, feature, fingerprint, make_exemplar, thumbnail
-from atlasva.memory.skills import SkillMiner
+from atlasva.memory.skills import SkillMiner, pattern_moves
 
 SUCCESS = [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]
 FAIL = [(0, 0), (0, 1), (1, 1)]
@@ -45,12 +44,12 @@ def _batch():
     return eps + [no_start, invalid, odd, empty]
 
 
-@pytest.mark.parametrize("iw,trace", [(0.25, 0.0), (0.25, 0.5), (0.0, 1.0), (1.0, 0.3)])
-def test_batch_episode_cells_equal_per_episode(iw, trace):
+@pytest.mark.parametrize("trace", [0.0, 0.5, 1.0, 0.3])
+def test_batch_episode_cells_equal_per_episode(trace):
     eps = _batch()
-    got = batch_episode_cells(eps, ineffective_weight=iw, failure_trace=trace)
+    got = batch_episode_cells(eps, failure_trace=trace)
     for ep, b in zip(eps, got):
-        ref = episode_cells(ep, ineffective_weight=iw, failure_trace=trace)
+        ref = episode_cells(ep, failure_trace=trace)
         assert b.cells.dtype == ref.cells.dtype and np.array_equal(b.cells, ref.cells)
         assert b.failure_credit.dtype == ref.failure_credit.dtype
         assert np.array_equal(b.failure_credit, ref.failure_credit)
@@ -61,7 +60,7 @@ def test_batch_episode_cells_names_a_malformed_cell():
     eps = _batch()
     eps[1].turns[0].cells[1] = [0, 1, 2]
     with pytest.raises(ValueError, match="a cell is"):
-        batch_episode_cells(eps, ineffective_weight=0.25, failure_trace=0.0)
+        batch_episode_cells(eps, failure_trace=0.0)
 
 
 def test_batch_skill_counts_equal_summed_per_episode_counts():
@@ -81,16 +80,15 @@ def test_batch_skill_counts_equal_summed_per_episode_counts():
             for j in range(3):
                 acc[j] += v[j]
     assert SkillMiner.batch_counts(items) == want
-    assert SkillMiner.batch_counts(items, walk=walk_batch([ep for ep, _ in items])) == want
-    # and the same as counting the events one by one
+    # and the same as counting the moves one by one
     ev: dict[tuple[str, str], list[float]] = {}
     for ep, g in items:
         if g is not None and ep.env_name == "toy":
-            for tile, action, failed, succ in SkillMiner.events(ep, g):
-                acc = ev.setdefault((tile, action), [0.0, 0.0, 0.0])
+            for pattern, action, failed in pattern_moves(ep, g):
+                acc = ev.setdefault((pattern, action), [0.0, 0.0, 0.0])
                 acc[0] += 1
                 acc[1] += failed
-                acc[2] += succ
+                acc[2] += ep.success
     assert want["toy"] == ev
 
 

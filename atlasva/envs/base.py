@@ -118,6 +118,8 @@ class AtlasEnv(gym.Env, ABC):
         self.render_mode = render_mode
         self.turn = 0
         self._ready = False
+        self._events: list[dict[str, Any]] = []  # events of the primitive actions of the current step
+        self._primitive = 0
 
     # ------------------------------------------------------------------ limits
     def check_limit(self, key: str, value: Any, unit: str = "") -> None:
@@ -221,6 +223,12 @@ class AtlasEnv(gym.Env, ABC):
     def action_targets(self) -> list[list[int]]:
         return []
 
+    def _event(self, kind: str, cell: list[int], **fields: Any) -> None:
+        """Report a failure or irreversible event of the primitive action being executed (call from
+        ``_execute``): it reaches ``info["events"]`` as ``{"kind", "step", "cell", **fields}`` with
+        ``step`` = the action's index in this turn (``info["cells"][step + 1]`` is the cell after it)."""
+        self._events.append({"kind": kind, "step": self._primitive, "cell": list(cell), **fields})
+
     # ------------------------------------------------------------------ prompt
     def system_prompt(self) -> str:
         parts = [self.rules_text()]
@@ -285,6 +293,10 @@ class AtlasEnv(gym.Env, ABC):
         return self._observation(header), info
 
     def step(self, action: Any):
+        """Run the model's raw text. ``info`` holds ``reward_components``, ``metrics``, ``state``, ``cells``,
+        ``action_targets``, ``actions`` (executed), ``events``, ``parse_error``, ``failure``, ``level_hash``,
+        ``turn``. ``events``: failure and irreversible events of this turn's primitive actions, each
+        ``{"kind", "step", "cell", ...}`` (docs/memory.md lists the kinds and their fields)."""
         if not self._ready:
             raise RuntimeError(f"{type(self).__name__}.step() called before reset() (or after the episode ended)")
         parsed = formats.parse(
@@ -301,11 +313,13 @@ class AtlasEnv(gym.Env, ABC):
         effective = False
         env_reward = 0.0
         terminated = False
+        self._events = []
         for token in parsed.actions:
             act = self._canonical_action(token)
             if act is None:
                 action_valid = False  # execution stops at the first invalid action
                 break
+            self._primitive = len(executed)
             eff, r, term = self._execute(act)
             executed.append(act)
             effective |= bool(eff)
@@ -350,6 +364,7 @@ class AtlasEnv(gym.Env, ABC):
             "cells": json_native(cells),
             "action_targets": json_native(self.action_targets()),
             "actions": list(executed),
+            "events": json_native(self._events),
             "parse_error": parsed.error,
             "failure": self.failure() if (terminated or truncated) and not success else None,
             "level_hash": self._level_hash,

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 DTYPE = np.float32
+LAYERS = ("agent", "box", "grasp")  # the agent's cells; Sokoban's boxes; manipulation's pick/place targets
+GRASP_EVENTS = {"pick": False, "place": False, "pick_failed": True, "place_failed": True}  # kind -> failed
 
 
 def _cell(c: Sequence[int]) -> tuple[int, int]:
@@ -36,6 +38,9 @@ class LevelGeometry:
     goals: tuple[tuple[int, int], ...]
     goal_distance: np.ndarray  # int H×W, -1 = unreachable
     deadlock: np.ndarray  # bool H×W (Sokoban "box_deadlock"; all False elsewhere)
+    boxes: tuple[tuple[int, int], ...] = ()  # Sokoban "boxes": the start cells of the boxes
+    box_distance: np.ndarray | None = None  # Sokoban "box_distance": pushes to the nearest target, -1 = never
+    table_to_image: np.ndarray | None = None  # manipulation: 3×3 homography (col, row, 1) -> (x, y, 1) pixels
     _cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -60,14 +65,25 @@ class LevelGeometry:
             if 0 <= r < hh and 0 <= col < ww:
                 deadlock[r, col] = True
         goals = tuple(_cell(c) for c in (h.get("goals", []) or []))
-        gd = h.get("goal_distance")
-        if gd is None:
+
+        def grid(key: str) -> np.ndarray | None:
+            if h.get(key) is None:
+                return None
+            arr = np.asarray(h[key], dtype=np.int64)
+            if arr.shape != shape:
+                raise ValueError(f"heuristics {key!r} has shape {arr.shape}, expected {shape}")
+            return arr
+
+        dist = grid("goal_distance")
+        if dist is None:
             dist = np.full(shape, -1, dtype=np.int64)
-        else:
-            dist = np.asarray(gd, dtype=np.int64)
-            if dist.shape != shape:
-                raise ValueError(f"heuristics 'goal_distance' has shape {dist.shape}, expected {shape}")
-        return cls(shape, hazard, goals, dist, deadlock)
+        boxes = tuple(_cell(c) for c in (h.get("boxes", []) or []))
+        homography = None
+        if h.get("table_to_image") is not None:
+            homography = np.asarray(h["table_to_image"], dtype=np.float64)
+            if homography.shape != (3, 3):
+                raise ValueError(f"heuristics 'table_to_image' must be a 3×3 matrix, got shape {homography.shape}")
+        return cls(shape, hazard, goals, dist, deadlock, boxes, grid("box_distance"), homography)
 
     def contains(self, cell: Sequence[int]) -> bool:
         r, c = _cell(cell)
@@ -89,6 +105,17 @@ class LevelGeometry:
             return np.zeros(self.shape, dtype=DTYPE)
         dmax = max(int(d[reach].max()), 1)
         return np.where(reach, 1.0 - d / dmax, 0.0).astype(DTYPE)
+
+    def box_heuristics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(h_D, h_A) of the box-level atlas: h_D = 1 on simple deadlock cells ("box_deadlock"),
+        h_A = 1 − pushes/max pushes to the nearest target where a box can still reach one, 0 elsewhere."""
+        if "h_box" not in self._cache:
+            d = self.box_distance if self.box_distance is not None else self.goal_distance
+            reach = d >= 0
+            dmax = max(int(d[reach].max()), 1) if reach.any() else 1
+            h_a = np.where(reach, 1.0 - d / dmax, 0.0).astype(DTYPE)
+            self._cache["h_box"] = (self.deadlock.astype(DTYPE), h_a)
+        return self._cache["h_box"]
 
     def canonical_index(self, radius: int) -> tuple[np.ndarray, np.ndarray] | None:
         """For every cell, its index in the (2R+1)² goal-relative grid (offset to the nearest goal by
@@ -234,158 +261,161 @@ def _cell_array(cells: list[Any]) -> np.ndarray:
     return arr
 
 
-def episode_cells(episode: Any, *, ineffective_weight: float, failure_trace: float) -> EpisodeCells:
-    """Turn an Episode into visit/failure sequences.
-
-    Failure credit: 1 on the cell where a terminal failure ended (the hole), ``failure_trace``^k on
-    the k-th cell before it (k ≤ 2); ``ineffective_weight`` on the cell where a primitive action left
-    the cell unchanged (bumping into a wall or edge) or where an invalid action stopped execution.
-    """
-    cur: list[Any] = []  # every visit (list slices: no per-cell Python work)
-    prev: list[Any] = []  # the cell before it (== itself for the very first cell)
-    invalid: list[int] = []  # visit index that gets the invalid-action credit
-    if episode.start_cell:
-        cur.append(episode.start_cell)
-        prev.append(episode.start_cell)
+def _episode_visits(episode: Any) -> list[Any]:
+    """Every state cell an episode visited, in order, its start cell first (``Episode.cells()``)."""
+    cur: list[Any] = [episode.start_cell] if episode.start_cell else []
     for turn in episode.turns:
         tc = turn.cells
         if tc and not cur:
             cur.append(tc[0])
-            prev.append(tc[0])
         if len(tc) > 1:
             cur.extend(tc[1:])
-            prev.extend(tc[:-1])
-        metrics = turn.metrics or {}
-        if cur and metrics.get("format_valid", True) and metrics.get("action_valid", True) is False:
-            invalid.append(len(cur) - 1)
-    cells = _cell_array(cur)
+    return cur
+
+
+def _failure_credit(credit: np.ndarray, last: np.ndarray, lens: np.ndarray, failure_trace: float) -> None:
+    """Credit 1 on the last visit of each terminally failed episode (``last``: its index) and
+    ``failure_trace``^k on the k-th visit before it (k ≤ 2, within the episode: ``lens``)."""
+    credit[last] = 1.0
+    if failure_trace > 0:
+        for k in (1, 2):
+            at = last[lens > k] - k
+            credit[at] = np.maximum(credit[at], failure_trace**k)
+
+
+def _failed(episode: Any) -> bool:
+    return episode.outcome == "failure" and bool(episode.turns) and episode.turns[-1].terminated
+
+
+def episode_cells(episode: Any, *, failure_trace: float) -> EpisodeCells:
+    """Turn an Episode into visit/failure sequences.
+
+    Failure credit: 1 on the cell where a terminal failure ended (the hole), ``failure_trace``^k on
+    the k-th cell before it (k ≤ 2). A move that left the cell unchanged (a bump into a wall) or an
+    invalid action is no failure of the cell: bumps are (pattern, action) facts for the skill miner.
+    """
+    cells = _cell_array(_episode_visits(episode))
     n = len(cells)
     credit = np.zeros(n, dtype=np.float64)
-    if n > 1:
-        before = _cell_array(prev)
-        same = (cells[1:] == before[1:]).all(axis=1)
-        credit[1:] = np.where(same, ineffective_weight, 0.0)
-    if invalid:
-        np.add.at(credit, np.asarray(invalid), ineffective_weight)
-    if episode.outcome == "failure" and episode.turns and episode.turns[-1].terminated and n:
-        credit[-1] = 1.0
-        for k in (1, 2):
-            if failure_trace > 0 and n > k:
-                credit[-1 - k] = max(credit[-1 - k], failure_trace**k)
-    return EpisodeCells(cells, np.minimum(credit, 1.0), bool(episode.success))
+    if _failed(episode) and n:
+        _failure_credit(credit, np.asarray([n - 1]), np.asarray([n]), failure_trace)
+    return EpisodeCells(cells, credit, bool(episode.success))
 
 
 @dataclass
 class BatchWalk:
-    """One Python walk over the turns of a batch: every visit (and the cell before it, as
-    :func:`episode_cells` builds them) and every primitive move, as flat arrays for numpy."""
+    """One Python walk over the turns of a batch: every visit, as :func:`episode_cells` builds them, as
+    flat arrays for numpy."""
 
     cells: np.ndarray  # V×2 int: all visits, episode after episode
-    before: np.ndarray  # V×2 int: the cell each visit was entered from (itself for a first visit)
     bounds: np.ndarray  # E+1: episode j's visits are cells[bounds[j]:bounds[j+1]]
-    invalid: list[int]  # visit indices that get the invalid-action credit
-    move_at: np.ndarray  # M: the visit each move leads to (from before[i] to cells[i])
-    actions: list[str]  # M: the move's action string
-    moves: np.ndarray  # E: moves per episode
-    fatal: list[int]  # move indices that ended an episode in a terminal failure
     ok: bool  # False: some cell is not [row, col] (callers fall back to the per-episode path)
 
 
 def walk_batch(episodes: Sequence[Any]) -> BatchWalk:
     cur: list[Any] = []
-    prev: list[Any] = []
-    invalid: list[int] = []
     starts: list[int] = []
-    seg_at: list[int] = []  # per turn with moves: first visit index of its moves, and their number
-    seg_n: list[int] = []
-    acts: list[str] = []
-    fatal: list[int] = []
-    moves: list[int] = []
-    nv = 0  # len(cur)
     for episode in episodes:
-        base = nv
-        starts.append(base)
-        n_acts = len(acts)
-        start = episode.start_cell
-        if start:
-            cur.append(start)
-            prev.append(start)
-            nv += 1
-        turns = episode.turns
-        last_turn = len(turns) - 1
-        failed = episode.outcome == "failure"
-        for ti, turn in enumerate(turns):
-            tc = turn.cells
-            if tc and nv == base:
-                cur.append(tc[0])
-                prev.append(tc[0])
-                nv += 1
-            k = len(tc) - 1
-            if k > 0:
-                actions = turn.actions
-                na = len(actions)
-                if na:
-                    seg_at.append(nv)
-                    if na <= k:
-                        seg_n.append(na)
-                        acts.extend(actions)
-                        if failed and ti == last_turn and turn.terminated:
-                            fatal.append(len(acts) - 1)
-                    else:
-                        seg_n.append(k)
-                        acts.extend(actions[:k])
-                cur.extend(tc[1:])
-                prev.extend(tc[:-1])
-                nv += k
-            metrics = turn.metrics
-            if metrics and nv > base and metrics.get("action_valid", True) is False and metrics.get("format_valid", True):
-                invalid.append(nv - 1)
-        moves.append(len(acts) - n_acts)
+        starts.append(len(cur))
+        cur.extend(_episode_visits(episode))
     total = len(cur)
     try:
         cells = np.asarray(cur, dtype=np.int64) if total else np.zeros((0, 2), dtype=np.int64)
-        before = np.asarray(prev, dtype=np.int64) if total else cells
-        ok = cells.ndim == 2 and cells.shape[1] == 2 and before.shape == cells.shape
+        ok = cells.ndim == 2 and cells.shape[1] == 2
     except (TypeError, ValueError):
-        cells = before = np.zeros((0, 2), dtype=np.int64)
+        cells = np.zeros((0, 2), dtype=np.int64)
         ok = False
-    if seg_n:
-        sn = np.asarray(seg_n)
-        ends = np.cumsum(sn)
-        move_at = np.repeat(np.asarray(seg_at) - (ends - sn), sn) + np.arange(int(ends[-1]))
-    else:
-        move_at = np.zeros(0, dtype=np.int64)
-    return BatchWalk(cells, before, np.asarray([*starts, total]), invalid, move_at, acts, np.asarray(moves, dtype=np.int64),
-                     fatal, bool(ok))
+    return BatchWalk(cells, np.asarray([*starts, total]), bool(ok))
 
 
 def batch_episode_cells(
-    episodes: Sequence[Any], *, ineffective_weight: float, failure_trace: float, walk: BatchWalk | None = None,
+    episodes: Sequence[Any], *, failure_trace: float, walk: BatchWalk | None = None,
 ) -> list[EpisodeCells]:
     """:func:`episode_cells` of every episode of a batch, with the numpy work done once for the whole
     batch (the same arrays, as views of one concatenated array)."""
     if walk is None:
         walk = walk_batch(episodes)
     if not walk.ok:  # a malformed cell somewhere: the per-episode path names it
-        return [episode_cells(ep, ineffective_weight=ineffective_weight, failure_trace=failure_trace) for ep in episodes]
+        return [episode_cells(ep, failure_trace=failure_trace) for ep in episodes]
     cells, bounds = walk.cells, walk.bounds
     lens = np.diff(bounds)
-    credit = np.where((cells == walk.before).all(axis=1), ineffective_weight, 0.0)
-    credit[bounds[:-1][lens > 0]] = 0.0  # an episode's first visit has no move into it
-    if walk.invalid:
-        np.add.at(credit, np.asarray(walk.invalid), ineffective_weight)
-    fails = [j for j, ep in enumerate(episodes)
-             if ep.outcome == "failure" and ep.turns and ep.turns[-1].terminated and lens[j]]
+    credit = np.zeros(len(cells), dtype=np.float64)
+    fails = [j for j, ep in enumerate(episodes) if _failed(ep) and lens[j]]
     if fails:
-        last = bounds[1:][fails] - 1
-        credit[last] = 1.0
-        if failure_trace > 0:
-            for k in (1, 2):
-                at = last[lens[fails] > k] - k
-                credit[at] = np.maximum(credit[at], failure_trace**k)
-    credit = np.minimum(credit, 1.0)
+        _failure_credit(credit, bounds[1:][fails] - 1, lens[fails], failure_trace)
     return [EpisodeCells(cells[a:b], credit[a:b], bool(ep.success))
             for ep, a, b in zip(episodes, bounds[:-1].tolist(), bounds[1:].tolist())]
+
+
+# --------------------------------------------------------------------------- object layers (boxes, grasps)
+
+
+def turn_events(turn: Any) -> list[dict[str, Any]]:
+    """The env's ``info["events"]`` of a turn (``Turn.events``; an empty list for records without them)."""
+    return getattr(turn, "events", None) or []
+
+
+def replay_boxes(
+    boxes: Iterable[tuple[int, int]], cells: Sequence[Sequence[int]],
+) -> tuple[set[tuple[int, int]], list[tuple[int, tuple[int, int], tuple[int, int]]]]:
+    """Box cells after the player walks through ``cells`` (first = where it stands), by Sokoban's push
+    rule: a player entering a box's cell pushed that box one cell further the same way (the env lets it
+    in only then). Returns (boxes after, pushes as (move index k: cells[k] -> cells[k+1], from, to))."""
+    out = set(boxes)
+    pushes = []
+    for k in range(len(cells) - 1):
+        a, b = cells[k], cells[k + 1]
+        q = (int(b[0]), int(b[1]))
+        if q in out and (int(a[0]), int(a[1])) != q:
+            to = (2 * q[0] - int(a[0]), 2 * q[1] - int(a[1]))
+            out.remove(q)
+            out.add(to)
+            pushes.append((k, q, to))
+    return out, pushes
+
+
+def object_cells(episode: Any, geom: LevelGeometry | None) -> tuple[str, EpisodeCells] | None:
+    """The object-layer facts of one episode, or None when it has no object layer.
+
+    ``box`` (levels whose heuristics carry ``boxes``): every cell a box entered, in order, after the
+    boxes' start cells, replayed from the player's cells; failure credit 1 on the cell a ``deadlock``
+    event put a box on (the episode goes on). ``grasp`` (episodes with pick/place events): every
+    commanded pick/place target cell, in order; failure credit 1 for ``pick_failed``/``place_failed``.
+    """
+    if geom is not None and geom.boxes:
+        boxes = set(geom.boxes)
+        visits: list[tuple[int, int]] = sorted(boxes)
+        credit = [0.0] * len(visits)
+        for turn in episode.turns:  # replay_boxes inlined: this loop runs once per move of every episode
+            cells = turn.cells
+            dead = None
+            for k in range(len(cells) - 1):
+                b = cells[k + 1]
+                q = (int(b[0]), int(b[1]))
+                if q not in boxes:
+                    continue
+                a = cells[k]
+                if int(a[0]) == q[0] and int(a[1]) == q[1]:
+                    continue
+                to = (2 * q[0] - int(a[0]), 2 * q[1] - int(a[1]))
+                boxes.remove(q)
+                boxes.add(to)
+                if dead is None:
+                    dead = {int(e.get("step", -1)) for e in turn_events(turn) if e.get("kind") == "deadlock"}
+                visits.append(to)
+                credit.append(1.0 if k in dead else 0.0)
+        return "box", EpisodeCells(_cell_array(visits), np.asarray(credit), bool(episode.success))
+    targets: list[Any] = []
+    credit = []
+    for turn in episode.turns:
+        for e in turn_events(turn):
+            failed = GRASP_EVENTS.get(e.get("kind"))
+            if failed is not None:
+                targets.append(e["cell"])
+                credit.append(1.0 if failed else 0.0)
+    if not targets:
+        return None
+    return "grasp", EpisodeCells(_cell_array(targets), np.asarray(credit), bool(episode.success))
 
 
 _ADVANTAGES: dict[tuple[bool, ...], np.ndarray | None] = {}
@@ -491,11 +521,14 @@ def level_view(
     evidence_scale: float,
     heuristic_weight_end: float,
     use_heuristics: bool,
+    layer: str = "agent",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (D, A) a level sees: learned instance and canonical evidence mixed by confidence, then
 
     D = max(h_D, D_learned) and A = w_h·h_A + (1−w_h)·A_learned, with the heuristic weight
     w_h = w_end + (1−w_end)·(1−confidence) annealing from 1 (no evidence) towards w_end.
+    ``layer`` picks the heuristics: ``agent`` (hazards, goal distance), ``box`` (simple deadlock cells,
+    push distance), ``grasp`` (none: the grasp atlas is learned only).
     """
     shape = geom.shape
     zeros = np.zeros(shape, dtype=DTYPE)
@@ -518,10 +551,13 @@ def level_view(
     d_learned = wd * d_i + (1 - wd) * d_c
     conf_a = ca_i + (1 - ca_i) * ca_c
     a_learned = np.where(conf_a > 0, (ca_i * a_i + (1 - ca_i) * ca_c * a_c) / np.maximum(conf_a, 1e-9), 0.5)
-    if use_heuristics:
-        danger = np.maximum(geom.heuristic_danger(), d_learned)
+    if layer not in LAYERS:
+        raise ValueError(f"atlas layer {layer!r}; accepted: {LAYERS}")
+    if use_heuristics and layer != "grasp":
+        h_d, h_a = geom.box_heuristics() if layer == "box" else (geom.heuristic_danger(), geom.heuristic_affinity())
+        danger = np.maximum(h_d, d_learned)
         w_h = heuristic_weight_end + (1.0 - heuristic_weight_end) * (1.0 - conf_a)
-        affinity = w_h * geom.heuristic_affinity() + (1 - w_h) * a_learned
+        affinity = w_h * h_a + (1 - w_h) * a_learned
     else:
         danger = d_learned
         affinity = np.where(conf_a > 0, conf_a * a_learned + (1 - conf_a) * 0.5, 0.5)

@@ -34,16 +34,30 @@ from atlasva.memory.atlas import (
     accumulate,
     batch_episode_cells,
     level_view,
+    object_cells,
+    replay_boxes,
     update_atlas,
     walk_batch,
 )
 from atlasva.memory.exemplars import Exemplar, ExemplarBank, feature, thumbnail
-from atlasva.memory.render import LEGEND, OVERLAY_LEGEND, atlas_colors, atlas_image, overlay, panel, upsample
+from atlasva.memory.render import (
+    BOX_LEGEND,
+    GRASP_LEGEND,
+    LEGEND,
+    OVERLAY_LEGEND,
+    atlas_colors,
+    atlas_image,
+    grasp_tint,
+    overlay,
+    panel,
+    side_by_side,
+    upsample,
+)
 from atlasva.memory.shaping import default_lambda, potential_grid, turn_shaping
 from atlasva.memory.skills import SkillMiner
 
 FORMAT = "atlasva.skill_memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: box/grasp atlases, pattern-keyed skills
 STATE_FILE = "memory.json"
 ARRAYS_FILE = "arrays.safetensors"
 SCOPES = ("instance", "canonical", "both")
@@ -65,7 +79,11 @@ class MemoryConfig:
     decay: float = 0.98  # ρ for cells unvisited in an update
     beta_a: float = 1.0  # Beta prior (a₀, b₀) of the failure rate
     beta_b: float = 3.0
-    ineffective_weight: float = 0.25  # failure credit of a move that changed nothing
+    # No failure credit for a move that changed nothing (a bump into a wall) or an invalid action: such
+    # moves are (pattern, action) facts for the skill miner, not cell danger. The former option (0.25 of a
+    # failure at the bumping cell) made Sokoban's wall-side cells dangerous and the learned arms the worst
+    # (0.00 / 0.18 vs 0.38 without it), and did not help on Sokoban or the slippery lake with the box
+    # atlas either (benchmarks/README.md, memory ablation), so it is gone.
     failure_trace: float = 0.0  # credit trace^k on the k ≤ 2 cells before a terminal failure
     visit_discount: float = 0.9  # λ of v_i(c) = Σ_t λ^(T−t)·1[c_t = c]
     affinity_temperature: float = 1.0
@@ -79,6 +97,12 @@ class MemoryConfig:
     shaping_lambda: float | None = None  # None: 0.1 × success_reward / max(w_A, w_D)
     w_affinity: float = 1.0
     w_danger: float = 1.0
+    # ω: Φ = λ·((1−ω)·φ_agent + ω·φ_object) on levels with a box atlas (Sokoban) or a grasp atlas
+    # (manipulation). Sokoban 0.75: the player's goal-distance heuristic points at the target rather than
+    # behind the box; at 0.5 both the heuristics-only and the learned arms reach 0.9 success about twice as
+    # late as at 0.75 (benchmarks/README.md, memory ablation)
+    box_weight: float = 0.75
+    grasp_weight: float = 0.5
     # exemplars
     exemplars: bool = True
     bank_size: int = 32  # per env
@@ -105,7 +129,7 @@ class MemoryConfig:
         if self.scope not in SCOPES:
             raise ValueError(f"memory scope {self.scope!r}; accepted: {SCOPES}")
         for name in ("ema", "decay", "visit_discount", "recency", "overlay_alpha", "heuristic_weight_end", "failure_trace",
-                     "ineffective_weight", "skill_threshold"):
+                     "skill_threshold", "box_weight", "grasp_weight"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"memory.{name} must be in [0, 1], got {v}")
@@ -162,6 +186,29 @@ class _Instance:
     geometry: LevelGeometry
     atlas: Atlas
     last_update: int
+    objects: Atlas | None = None  # the level's box or grasp atlas
+    object_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """What a snapshot knows about one level: the agent layer (D, A and its part of Φ) and, on levels
+    with one, the object layer (Sokoban's boxes, manipulation's grasp targets)."""
+
+    geometry: LevelGeometry
+    danger: np.ndarray
+    affinity: np.ndarray
+    phi: np.ndarray  # the agent layer's part of Φ over its cells
+    object_kind: str | None = None
+    object_danger: np.ndarray | None = None
+    object_affinity: np.ndarray | None = None
+    object_phi: np.ndarray | None = None  # the object layer's part of Φ over its cells
+    object_seen: np.ndarray | None = None  # bool H×W: cells with learned object evidence
+    cell_phi: np.ndarray | None = None  # Φ over the agent's cells (the agent part, + the grasp part)
+
+
+def _cells_key(cells: Any) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((int(c[0]), int(c[1])) for c in cells))
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -173,21 +220,22 @@ class MemorySnapshot:
     def __init__(self, memory: SkillMemory) -> None:
         self.version = memory.version
         self.config = replace(memory.config)
-        self._instances = {k: (v.geometry, v.atlas) for k, v in memory._instances.items()}
+        self._instances = {k: (v.geometry, v.atlas, v.objects, v.object_kind) for k, v in memory._instances.items()}
         self._canonical = dict(memory._canonical)
+        self._canonical_objects = dict(memory._canonical_objects)
         self._exemplars = ExemplarBank(memory.bank.capacity, memory.bank.dedup_bits, memory.bank.recency)
         self._exemplars.items = [replace(e) for e in memory.bank.items]
         self._skills: dict[str, list[str]] = {}
         for r in memory.miner.rules:
             self._skills.setdefault(r.env, []).append(r.text())
         self._geometry: dict[tuple[str, str], LevelGeometry | None] = {}
-        self._views: dict[tuple[str, str], tuple[LevelGeometry, np.ndarray, np.ndarray, np.ndarray] | None] = {}
+        self._views: dict[tuple[str, str], LevelView | None] = {}
         self._base_images: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
         # inject caches (a snapshot is frozen, so these never go stale): the atlas image per
-        # (level, agent cell), the overlay tint per (level, frame shape), the exemplar retrieval
+        # (level, agent cell, boxes), the overlay tint per (level, frame shape), the exemplar retrieval
         # matrices per env, the finished prefix (text, memory images) per (level, cell, exemplars)
-        self._atlas_images: dict[tuple[str, str, tuple[int, int] | None], np.ndarray] = {}
-        self._tints: dict[tuple[str, str, tuple[int, ...]], np.ndarray] = {}
+        self._atlas_images: dict[tuple[Any, ...], np.ndarray] = {}
+        self._tints: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._retrieval: dict[str, dict[str, tuple[list[Exemplar], np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._prefixes: dict[tuple[Any, ...], tuple[str, tuple[np.ndarray, ...]]] = {}
 
@@ -202,8 +250,8 @@ class MemorySnapshot:
                 self._geometry[key] = None
         return self._geometry[key]
 
-    def view(self, meta: Any) -> tuple[LevelGeometry, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(geometry, D, A, Φ) of the level ``meta`` names; None when nothing is known about it."""
+    def level_view(self, meta: Any) -> LevelView | None:
+        """Both layers of the level ``meta`` names; None when nothing is known about it."""
         env, level, heuristics, _ = _read_meta(meta)
         key = (env, level)
         if key in self._views:
@@ -213,39 +261,96 @@ class MemorySnapshot:
         if geom is not None:
             cfg = self.config
             inst = self._instances.get(key) if cfg.scope in ("instance", "both") else None
-            can = self._canonical.get(env) if cfg.scope in ("canonical", "both") else None
             if inst is not None and inst[0].shape != geom.shape:
                 raise ValueError(f"level {level} of {env!r}: heuristics shape {geom.shape} != stored {inst[0].shape}")
-            d, a = level_view(
-                geom, inst[1] if inst else None, can, radius=cfg.canonical_radius, evidence_scale=cfg.evidence_scale,
-                heuristic_weight_end=cfg.heuristic_weight_end, use_heuristics=cfg.use_heuristics,
-            )
-            phi = potential_grid(d, a, cfg.lam, cfg.w_affinity, cfg.w_danger)
-            out = (geom, d, a, phi)
+            kw = {"radius": cfg.canonical_radius, "evidence_scale": cfg.evidence_scale,
+                  "heuristic_weight_end": cfg.heuristic_weight_end, "use_heuristics": cfg.use_heuristics}
+            can = self._canonical.get(env) if cfg.scope in ("canonical", "both") else None
+            d, a = level_view(geom, inst[1] if inst else None, can, **kw)
+            kind = "box" if geom.boxes else (inst[3] if inst is not None and inst[2] is not None else None)
+            if kind is None:
+                phi = potential_grid(d, a, cfg.lam, cfg.w_affinity, cfg.w_danger)
+                out = LevelView(geom, d, a, phi, cell_phi=phi)
+            else:
+                obj = inst[2] if inst is not None and inst[3] == kind else None
+                can_obj = self._canonical_objects.get(env) if cfg.scope in ("canonical", "both") else None
+                od, oa = level_view(geom, obj, can_obj, layer=kind, **kw)
+                seen = (obj.visits > 0) if obj is not None else np.zeros(geom.shape, dtype=bool)
+                w = cfg.box_weight if kind == "box" else cfg.grasp_weight
+                phi = (1 - w) * potential_grid(d, a, cfg.lam, cfg.w_affinity, cfg.w_danger)
+                ophi = w * potential_grid(od, oa, cfg.lam, cfg.w_affinity, cfg.w_danger)
+                out = LevelView(geom, d, a, phi, kind, od, oa, ophi, seen, phi + ophi if kind == "grasp" else phi)
         self._views[key] = out
         return out
 
-    def potential(self, meta: Any, cell: list[int]) -> float:
-        v = self.view(meta)
+    def view(self, meta: Any) -> tuple[LevelGeometry, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(geometry, D, A, Φ's agent part) of the level ``meta`` names; None when nothing is known about it.
+        :meth:`level_view` adds the object layer."""
+        v = self.level_view(meta)
+        return None if v is None else (v.geometry, v.danger, v.affinity, v.phi)
+
+    def potential(self, meta: Any, cell: list[int], boxes: list[list[int]] | None = None) -> float:
+        """Φ(s) at the agent cell ``cell`` (plus the box layer at ``boxes`` on Sokoban levels; the grasp
+        layer is read at the gripper's cell, which is ``cell``)."""
+        v = self.level_view(meta)
         if v is None or not (self.config.enable and self.config.shaping):
             return 0.0
-        return float(v[3][int(cell[0]), int(cell[1])])
+        phi = float(v.cell_phi[int(cell[0]), int(cell[1])])  # type: ignore[index]
+        if v.object_kind == "box" and boxes:
+            phi += self._box_potential(v, boxes)
+        return phi
+
+    @staticmethod
+    def _box_potential(v: LevelView, boxes: Any) -> float:
+        """The box layer's Φ part: the mean of φ_box over the boxes' cells."""
+        grid = v.object_phi
+        assert grid is not None
+        return float(np.mean([grid[int(b[0]), int(b[1])] for b in boxes])) if len(boxes) else 0.0
+
+    def _boxes_before(self, meta: Any, v: LevelView) -> list[tuple[int, int]]:
+        """The boxes' cells at the start of the turn being shaped: replayed over the Episode's cells, or
+        tracked in the ``episode_meta`` dict (the start boxes at first, then each turn's replay)."""
+        if isinstance(meta, dict):
+            tracked = meta.get("boxes")
+            return [tuple(b) for b in tracked] if tracked is not None else list(v.geometry.boxes)
+        boxes, _ = replay_boxes(v.geometry.boxes, [tuple(c) for c in meta.cells()])
+        return sorted(boxes)
 
     def shaping(self, episode_meta: Any, cells: list[list[int]], terminated: bool, gamma_turn: float) -> float:
-        """F = γ_turn·Φ(s_end) − Φ(s_start) for one turn (Φ(s_end) := 0 if the turn terminated)."""
-        if not (self.config.enable and self.config.shaping):
-            return 0.0
-        v = self.view(episode_meta)
+        """F = γ_turn·Φ(s_end) − Φ(s_start) for one turn (Φ(s_end) := 0 if the turn terminated).
+
+        Φ(s) = λ·((1−ω)·φ(c) + ω·φ_object) with φ = w_A·A − w_D·D on the agent's cell c; without an
+        object layer Φ(s) = λ·φ(c). On Sokoban levels (ω = ``box_weight``) φ_object is the mean over the
+        boxes of the box atlas's w_A·A − w_D·D at each box's cell; on levels with a grasp atlas
+        (manipulation, ω = ``grasp_weight``) it is the grasp atlas's w_A·A − w_D·D at the gripper's cell c,
+        which after a pick or place is the cell of its commanded target — where the atlas keeps that
+        target's failures (D) and its part in successful attempts (A). Both are functions of the state, so
+        F stays potential-based and |Φ| ≤ λ·max(w_A, w_D). Sokoban: with a dict ``episode_meta``, call
+        this once per turn, in order (it keeps the boxes' cells in ``episode_meta["boxes"]``, replaying
+        the player's cells)."""
+        v = self.level_view(episode_meta)
         if v is None:
             return 0.0
-        return turn_shaping(v[3], cells, bool(terminated), float(gamma_turn))
+        box_term = 0.0
+        if v.object_kind == "box" and cells:
+            before = self._boxes_before(episode_meta, v)
+            after, _ = replay_boxes(before, cells)
+            if isinstance(episode_meta, dict):
+                episode_meta["boxes"] = [list(b) for b in sorted(after)]
+            end = 0.0 if terminated else self._box_potential(v, sorted(after))
+            box_term = float(gamma_turn) * end - self._box_potential(v, before)
+        if not (self.config.enable and self.config.shaping):
+            return 0.0
+        return turn_shaping(v.cell_phi, cells, bool(terminated), float(gamma_turn)) + box_term  # type: ignore[arg-type]
 
     def skill_lines(self, env: str) -> list[str]:
         return list(self._skills.get(env, []))
 
     def inject(self, episode_meta: Any, obs: dict[str, Any], turn: int) -> tuple[str, list[np.ndarray]]:
         """The observation's prompt material with the memory layers prepended: (text, images) with one
-        ``<image>`` in ``text`` per image, memory images first."""
+        ``<image>`` in ``text`` per image, memory images first. On Sokoban levels the atlas image holds
+        two maps side by side (the player's cells, then the boxes'); on levels with a grasp atlas the
+        table in the observation image is tinted by it."""
         text = str(obs.get("text", ""))
         images = list(obs.get("images", ()))
         if text.count(IMAGE_PLACEHOLDER) != len(images):
@@ -260,14 +365,21 @@ class MemorySnapshot:
         key = (env, level)
         agent = (int(cell[0]), int(cell[1])) if cell is not None and len(cell) == 2 else None
         frame = images[0] if images else None
-        view = self.view(episode_meta) if cfg.inject_atlas else None
-        tinted = bool(cfg.inject_atlas and view is not None and cfg.overlay and images)
+        view = self.level_view(episode_meta) if cfg.inject_atlas else None
+        boxes: tuple[tuple[int, int], ...] = ()
+        if view is not None and view.object_kind == "box":
+            boxes = _cells_key(self._boxes_before(episode_meta, view))
+        tinted = bool(view is not None and cfg.overlay and images)
         if tinted:
             images[0] = self._overlay(key, images[0], view)  # type: ignore[arg-type]
+        grasp = bool(view is not None and view.object_kind == "grasp" and images and view.geometry.table_to_image is not None
+                     and view.object_seen is not None and view.object_seen.any())
+        if grasp:
+            images[0] = self._grasp_overlay(key, images[0], view)  # type: ignore[arg-type]
         picked: tuple[Exemplar, ...] = ()
         if cfg.inject_exemplars and (cfg.k_failure or cfg.k_success):
             picked = tuple(self._retrieve(env, frame, level))
-        pkey = (env, level, agent, tinted, view is not None, tuple(id(e) for e in picked))
+        pkey = (env, level, agent, boxes, tinted, grasp, view is not None, tuple(id(e) for e in picked))
         cached = self._prefixes.get(pkey)
         if cached is None:
             parts: list[str] = []
@@ -276,8 +388,10 @@ class MemorySnapshot:
                 if tinted:
                     parts.append(OVERLAY_LEGEND)
                 elif not cfg.overlay or not images:
-                    mem_images.append(self._atlas_image(key, view, agent))
-                    parts.append(LEGEND)
+                    mem_images.append(self._atlas_image(key, view, agent, boxes))
+                    parts.append(BOX_LEGEND if view.object_kind == "box" else LEGEND)
+                if grasp:
+                    parts.append(GRASP_LEGEND)
             for ex in picked:
                 caption = ex.caption().replace(IMAGE_PLACEHOLDER, "")
                 if ex.image is not None:
@@ -299,34 +413,55 @@ class MemorySnapshot:
             return text, images
         return prefix + text, list(mem) + images
 
-    def _atlas_image(self, key: tuple[str, str], view: Any, agent: tuple[int, int] | None) -> np.ndarray:
-        """The injected map for one level and agent cell, drawn once per snapshot (read-only array)."""
-        ikey = (key[0], key[1], agent)
+    def _atlas_image(self, key: tuple[str, str], view: LevelView, agent: tuple[int, int] | None,
+                     boxes: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
+        """The injected map for one level, agent cell (and boxes), drawn once per snapshot (read-only)."""
+        ikey = (key[0], key[1], agent, boxes)
         img = self._atlas_images.get(ikey)
         if img is None:
-            geom, d, a, _ = view
             if key not in self._base_images:
-                self._base_images[key] = upsample(atlas_colors(d, a), self.config.atlas_size)
-            img = atlas_image(d, a, agent, geom.goals, base=self._base_images[key])
+                self._base_images[key] = upsample(atlas_colors(view.danger, view.affinity), self.config.atlas_size)
+            img = atlas_image(view.danger, view.affinity, agent, view.geometry.goals, base=self._base_images[key])
+            if view.object_kind == "box":
+                box_map = atlas_image(view.object_danger, view.object_affinity, None, view.geometry.goals,  # type: ignore[arg-type]
+                                      self.config.atlas_size, marks=boxes)
+                img = side_by_side(img, box_map)
             img.setflags(write=False)
             if len(self._atlas_images) > 8192:
                 self._atlas_images.clear()
             self._atlas_images[ikey] = img
         return img
 
-    def _overlay(self, key: tuple[str, str], frame: np.ndarray, view: Any) -> np.ndarray:
-        _, d, a, _ = view
+    def _overlay(self, key: tuple[str, str], frame: np.ndarray, view: LevelView) -> np.ndarray:
+        d, a = view.danger, view.affinity
         frame = np.asarray(frame)
         tkey = (key[0], key[1], frame.shape)
-        tint = self._tints.get(tkey)
-        if tint is None:
+        cached = self._tints.get(tkey)
+        if cached is None:
             if frame.ndim != 3 or frame.shape[2] != 3:
                 return overlay(frame, d, a, self.config.overlay_alpha)  # raises the clear error
             colors = atlas_colors(d, a)
             rows = ((np.arange(frame.shape[0]) + 0.5) * d.shape[0] / frame.shape[0]).astype(np.intp)[:, None]
             cols = ((np.arange(frame.shape[1]) + 0.5) * d.shape[1] / frame.shape[1]).astype(np.intp)[None, :]
-            tint = self._tints[tkey] = self.config.overlay_alpha * colors[rows, cols].astype(np.float32)
+            cached = self._tints[tkey] = (self.config.overlay_alpha * colors[rows, cols].astype(np.float32),
+                                          np.ones(frame.shape[:2], dtype=bool))
+        tint, _ = cached
         out = (1 - self.config.overlay_alpha) * frame.astype(np.float32) + tint
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+    def _grasp_overlay(self, key: tuple[str, str], frame: np.ndarray, view: LevelView) -> np.ndarray:
+        """The table in the camera frame tinted by the grasp atlas (cells with evidence only), through the
+        env's table-to-image homography."""
+        frame = np.asarray(frame)
+        tkey = ("grasp", key[0], key[1], frame.shape)
+        cached = self._tints.get(tkey)
+        if cached is None:
+            cached = self._tints[tkey] = grasp_tint(
+                frame.shape, view.geometry.table_to_image, view.object_danger, view.object_affinity,  # type: ignore[arg-type]
+                view.object_seen, self.config.overlay_alpha)  # type: ignore[arg-type]
+        tint, mask = cached
+        out = frame.astype(np.float32)
+        out[mask] = (1 - self.config.overlay_alpha) * out[mask] + tint[mask]
         return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
     def _retrieve(self, env: str, frame: np.ndarray | None, level: str) -> list[Exemplar]:
@@ -371,6 +506,7 @@ class SkillMemory:
         self.version = 0
         self._instances: OrderedDict[tuple[str, str], _Instance] = OrderedDict()
         self._canonical: dict[str, Atlas] = {}
+        self._canonical_objects: dict[str, Atlas] = {}  # goal-relative box atlases (Sokoban)
         self.bank = ExemplarBank(cfg.bank_size, cfg.dedup_bits, cfg.recency)
         self.miner = SkillMiner(cfg.skill_min_support, cfg.skill_threshold, cfg.max_skills)
         self._references: dict[str, tuple[str, np.ndarray]] = {}
@@ -434,20 +570,21 @@ class SkillMemory:
             else:
                 known[key] = g
             geoms.append(g)
-        walk = walk_batch(eps)  # one Python pass over the turns, for the atlases and the skill counts
+        walk = walk_batch(eps)  # one Python pass over the turns for the agent atlases
         cells: list[EpisodeCells] = batch_episode_cells(
-            eps, ineffective_weight=cfg.ineffective_weight, failure_trace=cfg.failure_trace, walk=walk
+            eps, failure_trace=cfg.failure_trace, walk=walk
         )
         self.counters["episodes"] += len(eps)
         self.counters["steps"] += sum(max(len(c.cells) - 1, 0) for c in cells)
         level_groups = [[i for i in g if geoms[i] is not None] for g in self._groups(eps, by_env=False)]
         if cfg.learn_atlases:
-            self._update_instances(eps, geoms, cells, level_groups, now)
-            self._update_canonical(eps, geoms, cells)
+            objects = [object_cells(ep, g) for ep, g in zip(eps, geoms)]
+            self._update_instances(eps, geoms, cells, objects, level_groups, now)
+            self._update_canonical(eps, geoms, cells, objects)
         if cfg.exemplars:
             self._update_exemplars(eps, cells, now)
         if cfg.skills:
-            per_env = self.miner.batch_counts(list(zip(eps, geoms)), walk=walk)
+            per_env = self.miner.batch_counts(list(zip(eps, geoms)))
             self.miner.update(list(per_env.items()))
         seen_env: set[str] = set()
         for ep in reversed(eps):  # the panel's reference observation: the batch's last episode per env
@@ -463,7 +600,20 @@ class SkillMemory:
             "affinity_temperature": cfg.affinity_temperature, "debias": cfg.ema_debias,
         }
 
-    def _update_instances(self, eps, geoms, cells, level_groups, now) -> None:  # type: ignore[no-untyped-def]
+    @staticmethod
+    def _object_groups(eps, objects, groups, kind=None):  # type: ignore[no-untyped-def]
+        """The object-layer members of ``groups`` (an episode without object facts joins with no cells, so
+        its outcome still counts in its group) and their kind; (None, []) when no member has any."""
+        kinds = {objects[i][0] for g in groups for i in g if objects[i] is not None}
+        kinds = {k for k in kinds if kind is None or k == kind}
+        if len(kinds) != 1:
+            return None, []
+        (found,) = kinds
+        none = np.zeros((0, 2), dtype=np.int64)
+        return found, [[objects[i][1] if objects[i] is not None and objects[i][0] == found
+                        else EpisodeCells(none, np.zeros(0), bool(eps[i].success)) for i in g] for g in groups]
+
+    def _update_instances(self, eps, geoms, cells, objects, level_groups, now) -> None:  # type: ignore[no-untyped-def]
         cfg = self.config
         per_level: dict[tuple[str, str], list[list[int]]] = {}
         for g in level_groups:
@@ -482,12 +632,20 @@ class SkillMemory:
             stats = BatchStats.zeros(geom.shape)
             accumulate(stats, [[(cells[i], None) for i in g] for g in groups], visit_discount=cfg.visit_discount)
             heur = eps[groups[0][0]].heuristics or (entry.heuristics if entry else {})
-            self._instances[key] = _Instance(heur, geom, update_atlas(atlas, stats, **self._update_kwargs()), now)
+            kind, members = self._object_groups(eps, objects, groups, entry.object_kind if entry else None)
+            obj_atlas, obj_kind = (entry.objects, entry.object_kind) if entry else (None, None)
+            if kind is not None:
+                obj_stats = BatchStats.zeros(geom.shape)
+                accumulate(obj_stats, [[(ec, None) for ec in g] for g in members], visit_discount=cfg.visit_discount)
+                obj_atlas = update_atlas(obj_atlas or Atlas.empty(geom.shape), obj_stats, **self._update_kwargs())
+                obj_kind = kind
+            self._instances[key] = _Instance(heur, geom, update_atlas(atlas, stats, **self._update_kwargs()), now,
+                                             obj_atlas, obj_kind)
             self._instances.move_to_end(key)
         while len(self._instances) > cfg.max_instances:
             self._instances.popitem(last=False)
 
-    def _update_canonical(self, eps, geoms, cells) -> None:  # type: ignore[no-untyped-def]
+    def _update_canonical(self, eps, geoms, cells, objects) -> None:  # type: ignore[no-untyped-def]
         cfg = self.config
         r = cfg.canonical_radius
         side = 2 * r + 1
@@ -505,6 +663,15 @@ class SkillMemory:
             if atlas.shape != (side, side):
                 raise ValueError(f"canonical atlas of {env!r} is {atlas.shape}, config canonical_radius gives {(side, side)}")
             self._canonical[env] = update_atlas(atlas, stats, **self._update_kwargs())
+            # the box layer also transfers goal-relative (boxes relative to the nearest target); grasp
+            # targets do not (objects spawn anywhere): the grasp atlas is per level
+            kind, members = self._object_groups(eps, objects, groups, "box")
+            if kind is not None:
+                obj_stats = BatchStats.zeros((side, side))
+                accumulate(obj_stats, [[(ec, idx[i]) for ec, i in zip(m, g)] for m, g in zip(members, groups)],
+                           visit_discount=cfg.visit_discount)
+                self._canonical_objects[env] = update_atlas(
+                    self._canonical_objects.get(env) or Atlas.empty((side, side)), obj_stats, **self._update_kwargs())
 
     def _update_exemplars(self, eps, cells, now) -> None:  # type: ignore[no-untyped-def]
         cfg = self.config
@@ -539,13 +706,23 @@ class SkillMemory:
         for i, ((env, level), e) in enumerate(self._instances.items()):
             for name, arr in e.atlas.arrays().items():
                 arrays[f"instance/{i}/{name}"] = arr
-            instances.append({"env": env, "level_hash": level, "heuristics": e.heuristics,
-                              "updates": e.atlas.updates, "last_update": e.last_update})
+            entry = {"env": env, "level_hash": level, "heuristics": e.heuristics,
+                     "updates": e.atlas.updates, "last_update": e.last_update}
+            if e.objects is not None:
+                for name, arr in e.objects.arrays().items():
+                    arrays[f"instance/{i}/object/{name}"] = arr
+                entry["object"] = {"kind": e.object_kind, "updates": e.objects.updates}
+            instances.append(entry)
         canonical = []
         for j, (env, atlas) in enumerate(self._canonical.items()):
             for name, arr in atlas.arrays().items():
                 arrays[f"canonical/{j}/{name}"] = arr
             canonical.append({"env": env, "updates": atlas.updates})
+        canonical_objects = []
+        for j, (env, atlas) in enumerate(self._canonical_objects.items()):
+            for name, arr in atlas.arrays().items():
+                arrays[f"canonical_object/{j}/{name}"] = arr
+            canonical_objects.append({"env": env, "updates": atlas.updates})
         exemplars = []
         for k, ex in enumerate(self.bank.items):
             if ex.image is not None:
@@ -560,7 +737,8 @@ class SkillMemory:
         state = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "version": self.version,
             "config": asdict(self.config), "counters": dict(self.counters), "instances": instances,
-            "canonical": canonical, "exemplars": exemplars, "skills": self.miner.to_json(), "references": references,
+            "canonical": canonical, "canonical_objects": canonical_objects, "exemplars": exemplars,
+            "skills": self.miner.to_json(), "references": references,
         }
         return {k: np.ascontiguousarray(v) for k, v in arrays.items()}, state
 
@@ -610,9 +788,14 @@ class SkillMemory:
             for i, e in enumerate(state["instances"]):
                 atlas = Atlas.from_arrays(_group(arrays, f"instance/{i}/"), e["updates"])
                 geom = LevelGeometry.from_heuristics(e["heuristics"]) if e["heuristics"] else LevelGeometry.from_heuristics({"shape": list(atlas.shape)})
-                mem._instances[(e["env"], e["level_hash"])] = _Instance(e["heuristics"], geom, atlas, int(e["last_update"]))
+                obj = e.get("object")
+                objects = Atlas.from_arrays(_group(arrays, f"instance/{i}/object/"), obj["updates"]) if obj else None
+                mem._instances[(e["env"], e["level_hash"])] = _Instance(
+                    e["heuristics"], geom, atlas, int(e["last_update"]), objects, obj["kind"] if obj else None)
             for j, e in enumerate(state["canonical"]):
                 mem._canonical[e["env"]] = Atlas.from_arrays(_group(arrays, f"canonical/{j}/"), e["updates"])
+            for j, e in enumerate(state.get("canonical_objects", [])):
+                mem._canonical_objects[e["env"]] = Atlas.from_arrays(_group(arrays, f"canonical_object/{j}/"), e["updates"])
             for k, m in enumerate(state["exemplars"]):
                 ex = Exemplar(m["kind"], m["env"], m["level_hash"], list(m["cell"]), m["action"], m["detail"],
                               int(m["steps"]), int(m["count"]), int(m["last_seen"]))
@@ -639,9 +822,29 @@ class SkillMemory:
         )
 
     # ------------------------------------------------------------------ panel
+    @staticmethod
+    def _object_tiles(snap: MemorySnapshot, key: tuple[str, str], lv: LevelView,
+                      frame: np.ndarray | None) -> list[tuple[np.ndarray, str]]:
+        """Panel tiles of a level's object layer: the box atlas and the injected two-map image
+        (Sokoban), or the grasp atlas and the observation with its overlay (manipulation)."""
+        if lv.object_kind is None or lv.object_danger is None or lv.object_affinity is None or lv.object_phi is None:
+            return []
+        geom, od, oa, ophi = lv.geometry, lv.object_danger, lv.object_affinity, lv.object_phi
+        if lv.object_kind == "box":
+            return [(atlas_image(od, oa, None, geom.goals, 160, marks=geom.boxes),
+                     f"box atlas (boxes at start); phi part in [{ophi.min():+.3f}, {ophi.max():+.3f}]"),
+                    (snap._atlas_image(key, lv, None, tuple(sorted(geom.boxes))), "injected image: player map | box map")]
+        seen = lv.object_seen if lv.object_seen is not None else np.zeros(od.shape, dtype=bool)
+        tiles = [(atlas_image(np.where(seen, od, 0), np.where(seen, oa, 0), None, [], 160),
+                  f"grasp atlas: pick/place targets ({int(seen.sum())} cells); phi part in [{ophi.min():+.3f}, {ophi.max():+.3f}]")]
+        if frame is not None and geom.table_to_image is not None and seen.any():
+            tiles.append((snap._grasp_overlay(key, frame, lv), "observation with the grasp overlay (injected)"))
+        return tiles
+
     def render_png(self, path: str | Path, env: str | None = None, level_hash: str | None = None) -> Path:
-        """A PNG a person can read: per env the observation, D, A (as the agent sees them), the
-        canonical D and A, the top exemplars with captions, and the text skills."""
+        """A PNG a person can read: per env the observation, D, A (as the agent sees them), the box or
+        grasp atlas where the env has one, the canonical D and A, the top exemplars with captions, and the
+        text skills."""
         snap = self.snapshot()
         envs = [env] if env else sorted({k[0] for k in self._instances} | set(self._canonical) | {e.env for e in self.bank.items})
         rows = []
@@ -659,14 +862,15 @@ class SkillMemory:
                 inst = self._instances[(name, level)]
                 if ref is not None and ref[0] == level:
                     tiles.append((ref[1], f"observation (level {level[:8]})"))
-                v = snap.view({"env": name, "level_hash": level, "heuristics": inst.heuristics})
-                if v is not None:
-                    geom, d, a, phi = v
+                meta = {"env": name, "level_hash": level, "heuristics": inst.heuristics}
+                lv = snap.level_view(meta)
+                if lv is not None:
+                    geom, d, a, phi = lv.geometry, lv.danger, lv.affinity, lv.phi
                     zeros = np.zeros_like(d)
                     tiles.append((atlas_image(d, zeros, None, geom.goals, 160), "danger D (red)"))
                     tiles.append((atlas_image(zeros, a, None, geom.goals, 160), "affinity A (green)"))
-                    tiles.append((atlas_image(d, a, None, geom.goals, 160),
-                                  f"injected map; phi in [{phi.min():+.3f}, {phi.max():+.3f}]"))
+                    tiles.append((atlas_image(d, a, None, geom.goals, 160), f"agent map; phi part in [{phi.min():+.3f}, {phi.max():+.3f}]"))
+                    tiles.extend(self._object_tiles(snap, (name, level), lv, ref[1] if ref is not None and ref[0] == level else None))
             can = self._canonical.get(name)
             if can is not None:
                 r = self.config.canonical_radius
@@ -692,4 +896,5 @@ class SkillMemory:
 
 
 def _group(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    """The arrays directly under ``prefix`` (not those of a nested group such as ``object/``)."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix) and "/" not in k[len(prefix):]}

@@ -8,13 +8,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from atlasva.formats import IMAGE_PLACEHOLDER
+
 LEGEND = (
-    "Memory map <image>: red = danger (hazards, past failures), green = affinity (past successful paths), "
-    "white box = you, blue box = goal."
+    f"Memory map {IMAGE_PLACEHOLDER}: red = danger (hazards, past failures), "
+    "green = affinity (past successful paths), white box = you, blue box = goal."
 )
 OVERLAY_LEGEND = (
     "The observation is tinted with the memory map: red = danger (hazards, past failures), "
     "green = affinity (past successful paths)."
+)
+BOX_LEGEND = (
+    f"Memory maps {IMAGE_PLACEHOLDER}: left = where you walk, right = where boxes go; "
+    "red = danger (hazards, dead cells, past failures), green = affinity (past successful paths), white box = you (left) and the boxes (right), "
+    "blue box = targets."
+)
+GRASP_LEGEND = (
+    "The table in the camera image is tinted where past picks and places were aimed: red = they failed there, "
+    "green = they were part of successful attempts."
 )
 AGENT_RGB = (255, 255, 255)
 GOAL_RGB = (60, 120, 255)
@@ -56,15 +67,49 @@ def atlas_image(
     goals: Sequence[Sequence[int]],
     size: int = 224,
     base: tuple[np.ndarray, int] | None = None,
+    marks: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
-    """The atlas as the injected RGB image, agent and goals outlined. ``base`` = a cached upsample."""
+    """The atlas as the injected RGB image, agent, ``marks`` (e.g. boxes) and goals outlined.
+    ``base`` = a cached upsample."""
     img, t = base if base is not None else upsample(atlas_colors(danger, affinity), size)
     img = img.copy()
     for g in goals:
         _outline(img, g, t, GOAL_RGB)
-    if agent is not None and len(agent) == 2:
-        _outline(img, agent, t, AGENT_RGB)
+    for m in (*marks, *([agent] if agent is not None and len(agent) == 2 else [])):
+        _outline(img, m, t, AGENT_RGB)
     return img
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6) -> np.ndarray:
+    """Two maps in one image, separated by a grey bar (they stay distinguishable by position)."""
+    h = max(left.shape[0], right.shape[0])
+    out = np.full((h, left.shape[1] + gap + right.shape[1], 3), 128, dtype=np.uint8)
+    out[: left.shape[0], : left.shape[1]] = left
+    out[: right.shape[0], left.shape[1] + gap :] = right
+    return out
+
+
+def grasp_tint(
+    shape: tuple[int, ...], table_to_image: np.ndarray, danger: np.ndarray, affinity: np.ndarray, seen: np.ndarray,
+    alpha: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(α·colour per pixel, mask) to tint a camera frame of ``shape`` where the table-plane grid cells
+    with evidence (``seen``) appear. ``table_to_image`` maps grid (col, row, 1) to image coordinates
+    normalised to [0, 1] (x / width, y / height, 1), so it serves any frame size."""
+    h, w = int(shape[0]), int(shape[1])
+    inv = np.linalg.inv(np.diag([w, h, 1.0]) @ np.asarray(table_to_image, dtype=np.float64))
+    ys, xs = np.mgrid[0:h, 0:w]
+    pix = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5, np.ones(h * w)])  # pixel centres
+    g = inv @ pix
+    with np.errstate(divide="ignore", invalid="ignore"):
+        col, row = g[0] / g[2], g[1] / g[2]
+    gh, gw = danger.shape
+    inside = np.isfinite(col) & np.isfinite(row) & (g[2] != 0) & (col >= 0) & (col < gw) & (row >= 0) & (row < gh)
+    r = np.where(inside, row, 0).astype(np.intp)
+    c = np.where(inside, col, 0).astype(np.intp)
+    mask = (inside & seen[r, c]).reshape(h, w)
+    tint = alpha * atlas_colors(danger, affinity)[r, c].astype(np.float32).reshape(h, w, 3)
+    return tint, mask
 
 
 def overlay(frame: np.ndarray, danger: np.ndarray, affinity: np.ndarray, alpha: float = 0.35) -> np.ndarray:

@@ -1,10 +1,14 @@
-"""Text skills mined from (local pattern, action) statistics, no LLM.
+"""Text skills mined from (pattern, action) statistics, no LLM.
 
-The pattern is what lies in the direction of a primitive move (from the env's grid heuristics:
-a hazard, the goal, a deadlock cell, the grid edge, or free space). For each (env, pattern, action)
-the memory counts N, failures (the move ended the episode in failure, or changed nothing) and
-success-path uses (the move was part of a successful episode). A rule is emitted when N ≥ min_support
-and the Wilson lower bound of its rate clears the threshold; each later update where the key occurs
+Every primitive move gets a pattern key (:func:`pattern_moves`): on grids the 3×3 tiles around the
+cell the move enters, turned so the move points up (hazards, goals, boxes, dead corners, the edge);
+in navigation the target's side relative to the heading and the blocked sides; in manipulation how
+far a pick/place target lay from the nearest object. For each (env, pattern, action) the memory
+counts N, failures (the move changed nothing, ended the episode in failure, or raised a failure
+event: deadlock, collision, failed pick/place) and success-path uses (the move was part of a successful
+episode). A rule is emitted when N ≥ min_support and the Wilson lower bound of its rate clears the
+threshold ("Avoid …" for failures; "Prefer …" for success paths, which must also clear the env's base rate
+of success-path moves); each later update where the key occurs
 votes +1 (the batch rate agrees, ≥ 0.5) or −1; a rule whose score falls below 0 is dropped. At most
 ``max_rules`` rules per env of at most 32 words are kept, ranked by support × confidence.
 """
@@ -16,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from atlasva.memory.atlas import BatchWalk, LevelGeometry, walk_batch
+from atlasva.memory.atlas import LevelGeometry, turn_events
 from atlasva.stats import wilson_interval
 
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 WHERE = {"left": "to your left", "right": "to your right", "up": "above you", "down": "below you"}
 HAZARD_NAMES = {"frozenlake": "hole", "sokoban": "wall"}
 MAX_WORDS = 32
+_DIR_ORDER = tuple(DIRECTIONS)
 
 
 def wilson_lower(successes: float, n: float) -> float:
@@ -30,62 +35,234 @@ def wilson_lower(successes: float, n: float) -> float:
     return wilson_interval(successes, n)[0] if n > 0 else 0.0
 
 
-def tile_ahead(geom: LevelGeometry, cell: tuple[int, int], action: str) -> str | None:
-    """What lies one step in the direction of ``action`` from ``cell`` (None: not a grid move)."""
-    d = DIRECTIONS.get(action.strip().lower())
-    if d is None:
-        return None
-    r, c = cell[0] + d[0], cell[1] + d[1]
-    if not (0 <= r < geom.shape[0] and 0 <= c < geom.shape[1]):
-        return "edge"
-    if geom.hazard[r, c]:
-        return "hazard"
-    if (r, c) in geom.goals:
-        return "goal"
-    if geom.deadlock[r, c]:
-        return "deadlock"
-    return "free"
+# --------------------------------------------------------------------------- pattern keys
+
+NAV_MOVES = {"move_forward": 0, "move_right": 1, "move_backward": 2, "move_left": 3}  # heading offset
+NAV_TURNS = {"turn_right": 1, "turn_left": -1}
+NAV_HEADINGS = ("north", "east", "south", "west")
+NAV_STEPS = ((-1, 0), (0, 1), (1, 0), (0, -1))
+SIDES = ("ahead", "right", "behind", "left")  # heading-relative, clockwise
+GRASP_KINDS = {"pick": False, "place": False, "pick_failed": True, "place_failed": True}  # kind -> failed
+FAILURE_EVENTS = ("deadlock", "collision", "pick_failed", "place_failed")
+# the 3×3 window around the cell a move enters, rotated so the move points up: row 0 = two ahead,
+# row 1 = ahead, row 2 = your own row; the agent ('@') sits at row 2, column 1
+WINDOW_NAMES = ("2-ahead-left", "2-ahead", "2-ahead-right", "ahead-left", "ahead", "ahead-right", "left", "@", "right")
+WINDOW_ORDER = (1, 6, 8, 3, 5, 0, 2)  # the order a rule names the context cells in (the cell ahead is the subject)
 
 
-TILES = ("free", "deadlock", "goal", "hazard", "edge")
-_DIR_ORDER = tuple(DIRECTIONS)
-_ACTION_DIR: dict[str, int] = {}  # action string -> index into _DIR_ORDER (-1: not a grid move)
+def _rotate(direction: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(forward, left) unit vectors in (row, col) for a move in ``direction``."""
+    dr, dc = direction
+    return (dr, dc), (-dc, dr)
 
 
-def tile_table(geom: LevelGeometry) -> np.ndarray:
-    """4×H×W codes (index into ``TILES``) of what lies ahead of each cell per direction (cached)."""
-    cached = geom._cache.get("tiles_ahead")
+_ROTATIONS = [_rotate(d) for d in DIRECTIONS.values()]
+DIRECTIONS_INDEX = {name: (i, d) for i, (name, d) in enumerate(DIRECTIONS.items())}
+_GRID_MOVES: dict[str, tuple[int, tuple[int, int]] | None] = {}  # action string -> (direction index, step)
+_NOT_GRID: set[str] = set()
+
+
+def window_table(geom: LevelGeometry) -> dict[tuple[int, int, int], str]:
+    """The static 3×3 windows (walls/hazards, goals, dead squares, the grid edge) per (row, col, direction
+    index into DIRECTIONS) of the cell a move *enters*, as 9-character strings; cached on the geometry.
+    Boxes are added per move."""
+    cached = geom._cache.get("windows")
     if cached is not None:
         return cached
     h, w = geom.shape
-    code = np.zeros((h + 2, w + 2), dtype=np.int64)  # padded: the border is the edge
-    code[:] = TILES.index("edge")
-    inner = np.zeros((h, w), dtype=np.int64)  # priority as tile_ahead: hazard > goal > deadlock > free
-    inner[geom.deadlock] = TILES.index("deadlock")
+    tiles = np.full((h, w), ord("."), dtype=np.uint8)
+    tiles[geom.deadlock] = ord("x")
     for r, c in geom.goals:
         if 0 <= r < h and 0 <= c < w:
-            inner[r, c] = TILES.index("goal")
-    inner[geom.hazard] = TILES.index("hazard")
-    code[1:-1, 1:-1] = inner
-    table = np.stack([code[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr, dc in DIRECTIONS.values()])
-    geom._cache["tiles_ahead"] = table
+            tiles[r, c] = ord("G")
+    tiles[geom.hazard] = ord("H")
+    padded = np.full((h + 2, w + 2), ord("#"), dtype=np.uint8)  # one ring of "off the grid"
+    padded[1:-1, 1:-1] = tiles
+    table: dict[tuple[int, int, int], str] = {}
+    for di, (f, left) in enumerate(_ROTATIONS):
+        planes = []
+        for k in range(9):
+            i, j = divmod(k, 3)
+            dr, dc = (1 - i) * f[0] + (1 - j) * left[0], (1 - i) * f[1] + (1 - j) * left[1]
+            planes.append(np.full((h, w), ord("@"), np.uint8) if k == 7 else padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w])
+        words = np.ascontiguousarray(np.stack(planes, axis=-1)).view("S9").reshape(h, w)
+        for r in range(h):
+            for c in range(w):
+                table[(r, c, di)] = words[r, c].decode("ascii")
+    geom._cache["windows"] = table
     return table
 
 
+OFF_GRID = "#" * 9  # a move off the grid (the env kept the agent in place): nothing is known there
+
+
+def grid_window(geom: LevelGeometry, entered: tuple[int, int], direction: str, boxes: set[tuple[int, int]]) -> str:
+    """The rotated 3×3 window (9 characters, row by row) around the cell a grid move enters."""
+    return _window(window_table(geom), entered[0], entered[1], _DIR_ORDER.index(direction), boxes)
+
+
+def _window(table: dict[tuple[int, int, int], str], r: int, c: int, di: int, boxes: Any) -> str:
+    win = table.get((r, c, di))
+    if win is None:
+        return OFF_GRID
+    if boxes:
+        f, left = _ROTATIONS[di]
+        chars = None
+        for b in boxes:
+            dr, dc = b[0] - r, b[1] - c
+            if abs(dr) + abs(dc) > 2:
+                continue
+            i, j = 1 - (dr * f[0] + dc * f[1]), 1 - (dr * left[0] + dc * left[1])
+            if 0 <= i <= 2 and 0 <= j <= 2 and (i, j) != (2, 1):
+                chars = chars or list(win)
+                chars[3 * i + j] = "B"
+        if chars is not None:
+            return "".join(chars)
+    return win
+
+
+def _nav_key(geom: LevelGeometry, cell: tuple[int, int], heading: int, target: tuple[int, int]) -> str:
+    """Heading-relative key: which sides are blocked, and where the target lies (bucketed bearing)."""
+    h, w = geom.shape
+    blocked = []
+    for k, side in enumerate(SIDES):
+        dr, dc = NAV_STEPS[(heading + k) % 4]
+        r, c = cell[0] + dr, cell[1] + dc
+        if not (0 <= r < h and 0 <= c < w) or geom.hazard[r, c]:
+            blocked.append(side)
+    dr, dc = target[0] - cell[0], target[1] - cell[1]
+    fr, fc = NAV_STEPS[heading]
+    ahead, right = dr * fr + dc * fc, dr * fc - dc * fr  # components along the heading and to its right
+    if ahead == 0 and right == 0:
+        where = "here"
+    elif abs(ahead) >= abs(right):
+        where = "ahead" if ahead > 0 else "behind"
+    else:
+        where = "right" if right > 0 else "left"
+    return f"nav:{where}:{','.join(blocked) or '-'}"
+
+
+def _grasp_key(event: dict[str, Any]) -> str:
+    """Where a commanded pick/place target lay: on (≤ 3 cm), near (≤ 8 cm) or away from the nearest
+    (other) object, from the event's ``nearest_object_m``."""
+    if event.get("reason") in ("gripper_empty", "already_holding"):
+        return f"grasp:{event['reason']}"
+    d = event.get("nearest_object_m")
+    where = "unknown" if d is None else ("on" if d <= 0.03 else "near" if d <= 0.08 else "away")
+    return f"grasp:{where}"
+
+
 def _thing(tile: str, env: str) -> str:
-    return {
-        "hazard": f"a {HAZARD_NAMES.get(env, 'hazard')}",
-        "goal": "the goal",
-        "deadlock": "a dead corner",
-        "edge": "the edge",
-        "free": "free space",
-    }.get(tile, tile)
+    if tile == "H":
+        return HAZARD_NAMES.get(env, "hazard")
+    if tile == "G":
+        return "target" if env == "sokoban" else "goal"
+    return {"#": "edge", "B": "box", "x": "dead square", ".": "free space"}.get(tile, tile)
+
+
+def _describe(pattern: str, env: str) -> str:
+    """The condition of a rule in words (what the key says), for the templates: on grids the cell the
+    move enters (and, when it holds a box, the cell the box would go to), then the other non-free cells
+    of the window grouped by what they hold."""
+    kind, _, body = pattern.partition(":")
+    if kind == "grid":
+        def a_(t: str) -> str:
+            return _thing(t, env) if t == "." else ("the " if t in "#G" else "a ") + _thing(t, env)
+
+        ahead, two = body[4], body[1]
+        # dead squares matter for boxes only: named where a push would put a box, else free space
+        main = f"pushing a box into {a_(two)}" if ahead == "B" else f"into {a_('.' if ahead == 'x' else ahead)}"
+        groups: dict[str, list[str]] = {}
+        for k in WINDOW_ORDER:
+            t = body[k]
+            if t not in ".#x" and not (k == 1 and ahead == "B"):
+                groups.setdefault(t, []).append(WINDOW_NAMES[k])
+        context = "; ".join(f"{_thing(t, env)}{'s' if len(p) > 1 else ''} {'/'.join(p)}" for t, p in groups.items())
+        return f"{main} ({context})" if context else main
+    if kind == "nav":
+        where, blocked = body.split(":")
+        target = "the target is here" if where == "here" else (
+            f"the target is {where}" if where in ("ahead", "behind") else f"the target is to your {where}")
+        walls = "" if blocked == "-" else f", blocked {' and '.join(blocked.split(','))}"
+        return f"when {target}{walls}"
+    if kind == "grasp":
+        return {"on": "at an object", "near": "next to an object", "away": "away from every object",
+                "gripper_empty": "with an empty gripper", "already_holding": "while already holding an object"}.get(
+            body, "with an unknown target")
+    return f"in pattern {body}"
+
+
+def pattern_moves(episode: Any, geom: LevelGeometry) -> list[tuple[str, str, bool]]:
+    """(pattern key, action, failed) for every primitive move of ``episode`` the miner has a key for.
+
+    Grid moves (Up/Down/Left/Right): ``grid:`` + the rotated 3×3 window around the entered cell (Sokoban
+    boxes replayed from the player's cells). Navigation moves and turns: ``nav:`` + the target's side and
+    the blocked sides, the heading taken from the turn's start state and replayed through turns.
+    Manipulation picks/places: ``grasp:`` + how far the target was from the nearest object. A move
+    failed when it changed nothing (a bump: a (pattern, action) fact, not cell danger), ended the
+    episode in a terminal failure, or raised a failure event (deadlock, collision, failed pick/place).
+    """
+    out: list[tuple[str, str, bool]] = []
+    turns = episode.turns
+    last_turn = len(turns) - 1
+    failed_episode = episode.outcome == "failure"
+    boxes = set(geom.boxes) if geom.boxes else None
+    table = None
+    state = getattr(episode, "start_state", None) or {}
+    for ti, turn in enumerate(turns):
+        events = turn_events(turn)
+        failed_steps: Any = ()
+        if events:
+            failed_steps = {int(e.get("step", -1)) for e in events if e.get("kind") in FAILURE_EVENTS}
+            for e in events:
+                kind = e.get("kind")
+                if kind in GRASP_KINDS:
+                    out.append((_grasp_key(e), kind.split("_")[0], GRASP_KINDS[kind]))
+        cells, actions = turn.cells, turn.actions
+        n = min(len(actions), len(cells) - 1)
+        fatal = ti == last_turn and n == len(actions) and turn.terminated and failed_episode
+        heading = None
+        for k in range(n):
+            action = actions[k]
+            move = _GRID_MOVES.get(action)
+            if move is None and action not in _NOT_GRID:
+                low = action.strip().lower()
+                move = _GRID_MOVES[action] = DIRECTIONS_INDEX.get(low) if low in DIRECTIONS else None
+                if move is None:
+                    _NOT_GRID.add(action)
+            a, b = cells[k], cells[k + 1]
+            failed = (fatal and k == n - 1) or k in failed_steps
+            if move is not None:
+                di, (dr, dc) = move
+                r, c = a[0] + dr, a[1] + dc
+                if table is None:
+                    table = window_table(geom)
+                out.append(("grid:" + _window(table, r, c, di, boxes), action, failed or a == b))
+                if boxes and (r, c) in boxes and b[0] == r and b[1] == c:  # a push: the box moves on
+                    boxes.remove((r, c))
+                    boxes.add((r + dr, c + dc))
+                continue
+            low = action.strip().lower()
+            if low not in NAV_MOVES and low not in NAV_TURNS:
+                continue
+            if heading is None:  # the heading at the start of this turn, then replayed through its turns
+                agent = state.get("agent") if isinstance(state, dict) else None
+                target = state.get("target", {}).get("cell") if isinstance(state, dict) else None
+                if not isinstance(agent, dict) or agent.get("heading") not in NAV_HEADINGS or target is None:
+                    break
+                heading = NAV_HEADINGS.index(agent["heading"])
+                goal = (int(target[0]), int(target[1]))
+            key = _nav_key(geom, (int(a[0]), int(a[1])), heading, goal)
+            out.append((key, action, failed or (low in NAV_MOVES and a == b)))
+            heading = (heading + NAV_TURNS.get(low, 0)) % 4
+        state = turn.state or {}
+    return out
 
 
 @dataclass
 class Rule:
     env: str
-    tile: str
+    pattern: str
     action: str
     kind: str  # avoid | prefer
     support: int
@@ -94,17 +271,25 @@ class Rule:
     score: int = 1
 
     def key(self) -> tuple[str, str, str, str]:
-        return (self.env, self.tile, self.action, self.kind)
+        return (self.env, self.pattern, self.action, self.kind)
 
     def text(self) -> str:
-        where = WHERE.get(self.action.lower(), "ahead")
-        thing = _thing(self.tile, self.env)
+        cond = _describe(self.pattern, self.env)
         if self.kind == "avoid":
-            s = f"Avoid {self.action} when {thing} is {where}: it failed {self.rate:.0%} of {self.support} times."
+            s = f"Avoid {self.action} {cond}: it failed {self.rate:.0%} of {self.support} times."
         else:
-            s = f"Move {self.action} when {thing} is {where}: it was on successful paths {self.rate:.0%} of {self.support} times."
+            s = f"Prefer {self.action} {cond}: it was on successful paths {self.rate:.0%} of {self.support} times."
         words = s.split()
         return " ".join(words[:MAX_WORDS])
+
+
+def _prefer_allowed(pattern: str) -> bool:
+    """Prefer rules only where the key holds something to go for (a goal or box in the window, a target
+    side in navigation, a target next to or at an object)."""
+    kind, _, body = pattern.partition(":")
+    if kind == "grid":
+        return "G" in body or "B" in body
+    return kind in ("nav", "grasp")
 
 
 @dataclass
@@ -114,157 +299,46 @@ class SkillMiner:
     max_rules: int = 8
 
     def __post_init__(self) -> None:
-        # (env, tile, action) -> [N, failures, success_path]
+        # (env, pattern, action) -> [N, failures, success_path]
         self.stats: dict[tuple[str, str, str], list[float]] = {}
         self.rules: list[Rule] = []
 
     @staticmethod
-    def events(episode: Any, geom: LevelGeometry) -> list[tuple[str, str, bool, bool]]:
-        """(tile, action, failed, on_success_path) for every primitive move of ``episode``."""
-        out: list[tuple[str, str, bool, bool]] = []
-        n_turns = len(episode.turns)
-        for ti, turn in enumerate(episode.turns):
-            cells = [(int(c[0]), int(c[1])) for c in turn.cells]
-            for ai, action in enumerate(turn.actions):
-                if ai + 1 >= len(cells):
-                    break
-                tile = tile_ahead(geom, cells[ai], action)
-                if tile is None:
-                    continue
-                last = ti == n_turns - 1 and ai == len(turn.actions) - 1
-                fatal = last and turn.terminated and episode.outcome == "failure"
-                failed = fatal or cells[ai + 1] == cells[ai]
-                out.append((tile, action, failed, bool(episode.success)))
-        return out
-
-    @staticmethod
-    def counts(episode: Any, geom: LevelGeometry) -> dict[tuple[str, str], list[float]]:
-        """The events of ``episode`` already counted: (tile, action) -> [N, failures, success-path]
-        (numpy over all moves at once; same numbers as counting :meth:`events`)."""
-        table = geom._cache.get("tiles_ahead_list")
-        if table is None:
-            table = geom._cache["tiles_ahead_list"] = tile_table(geom).tolist()
-        h, w = geom.shape
-        dirs = _ACTION_DIR
-        out: dict[tuple[str, str], list[float]] = {}
+    def counts(episode: Any, geom: LevelGeometry, into: dict | None = None) -> dict[tuple[str, str], list[float]]:
+        """The moves of ``episode`` counted: (pattern, action) -> [N, failures, success-path uses]
+        (added to ``into`` when given)."""
+        out: dict[tuple[str, str], list[float]] = {} if into is None else into
         succ = 1.0 if episode.success else 0.0
-        n_turns = len(episode.turns)
-        # plain Python per move: episodes are short, and this is cheaper than a dozen numpy calls each
-        for ti, turn in enumerate(episode.turns):
-            cells, actions = turn.cells, turn.actions
-            n = min(len(actions), len(cells) - 1)
-            fatal_last = ti == n_turns - 1 and n == len(actions) and turn.terminated and episode.outcome == "failure"
-            for ai in range(n):
-                action = actions[ai]
-                d = dirs.get(action)
-                if d is None:
-                    d = dirs[action] = _DIR_ORDER.index(action.strip().lower()) \
-                        if action.strip().lower() in DIRECTIONS else -1
-                if d < 0:
-                    continue
-                a, b = cells[ai], cells[ai + 1]
-                r, c = int(a[0]), int(a[1])
-                tile = TILES[table[d][min(max(r, 0), h - 1)][min(max(c, 0), w - 1)]]
-                failed = (fatal_last and ai == n - 1) or (r == int(b[0]) and c == int(b[1]))
-                v = out.get((tile, action))
-                if v is None:
-                    v = out[(tile, action)] = [0.0, 0.0, 0.0]
+        for key, action, failed in pattern_moves(episode, geom):
+            v = out.get((key, action))
+            if v is None:
+                out[(key, action)] = [1.0, float(failed), succ]
+            else:
                 v[0] += 1.0
                 v[1] += failed
                 v[2] += succ
         return out
 
     @staticmethod
-    def batch_counts(
-        items: list[tuple[Any, LevelGeometry | None]], walk: BatchWalk | None = None,
-    ) -> dict[str, dict[tuple[str, str], list[float]]]:
+    def batch_counts(items: list[tuple[Any, LevelGeometry | None]]) -> dict[str, dict[tuple[str, str], list[float]]]:
         """:meth:`counts` of a batch of (episode, geometry), summed per env (episodes without a geometry
-        are skipped): numpy over every move of the batch at once, from one :func:`walk_batch` (pass
-        ``walk`` = the walk of exactly these episodes to reuse it). The same integer counts."""
-        if walk is None:
-            walk = walk_batch([ep for ep, _ in items])
-        if not walk.ok or len(walk.moves) != len(items):  # unusual cells: the per-episode path
-            out: dict[str, dict[tuple[str, str], list[float]]] = {}
-            for episode, geom in items:
-                if geom is None:
-                    continue
-                d = out.setdefault(str(episode.env_name), {})
-                for k, v in SkillMiner.counts(episode, geom).items():
-                    acc = d.setdefault(k, [0.0, 0.0, 0.0])
-                    for i in range(3):
-                        acc[i] += v[i]
-            return out
-        if not walk.actions:
-            return {}
-        geo_of: dict[int, int] = {}
-        geoms: list[LevelGeometry] = []
-        envs: dict[str, int] = {}
-        ep_geo, ep_env, ep_succ = [], [], []
+        are skipped)."""
+        out: dict[str, dict[tuple[str, str], list[float]]] = {}
         for episode, geom in items:
-            if geom is None:
-                ep_geo.append(-1)
-            else:
-                g = geo_of.get(id(geom))
-                if g is None:
-                    g = geo_of[id(geom)] = len(geoms)
-                    geoms.append(geom)
-                ep_geo.append(g)
-            ep_env.append(envs.setdefault(str(episode.env_name), len(envs)))
-            ep_succ.append(1.0 if episode.success else 0.0)
-        if not geoms:
-            return {}
-        names: dict[str, int] = {}
-        act_id = np.fromiter((names.setdefault(x, len(names)) for x in walk.actions), dtype=np.int64,
-                             count=len(walk.actions))
-        dirs = _ACTION_DIR
-        for x in names:
-            if x not in dirs:
-                dirs[x] = _DIR_ORDER.index(x.strip().lower()) if x.strip().lower() in DIRECTIONS else -1
-        d = np.asarray([dirs[x] for x in names], dtype=np.int64)[act_id]
-        ep_of = np.repeat(np.arange(len(items)), walk.moves)
-        geo = np.asarray(ep_geo)[ep_of]
-        keep = (d >= 0) & (geo >= 0)
-        a, b = walk.before[walk.move_at], walk.cells[walk.move_at]
-        failed = (a[:, 0] == b[:, 0]) & (a[:, 1] == b[:, 1])
-        if walk.fatal:
-            failed[walk.fatal] = True
-        if len(geoms) == 1:
-            h, w = geoms[0].shape
-            flat, off = tile_table(geoms[0]).reshape(-1), 0
-        else:
-            shapes = np.asarray([gm.shape for gm in geoms], dtype=np.int64)  # G×2
-            sizes = 4 * shapes[:, 0] * shapes[:, 1]
-            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            flat = np.concatenate([tile_table(gm).reshape(-1) for gm in geoms])
-            gk = np.maximum(geo, 0)
-            h, w, off = shapes[gk, 0], shapes[gk, 1], offsets[gk]
-        r = np.minimum(np.maximum(a[:, 0], 0), h - 1)
-        c = np.minimum(np.maximum(a[:, 1], 0), w - 1)
-        tile = flat[off + ((np.maximum(d, 0) * h + r) * w + c)]
-        n_act = len(names)
-        key = ((np.asarray(ep_env)[ep_of] * len(TILES) + tile) * n_act + act_id)[keep]
-        uniq, inv = np.unique(key, return_inverse=True)
-        n = np.bincount(inv, minlength=len(uniq)).tolist()
-        f = np.bincount(inv, weights=failed[keep], minlength=len(uniq)).tolist()
-        sc = np.bincount(inv, weights=np.asarray(ep_succ)[ep_of][keep], minlength=len(uniq)).tolist()
-        env_names, act_names = list(envs), list(names)
-        result: dict[str, dict[tuple[str, str], list[float]]] = {}
-        for j, k in enumerate(uniq.tolist()):
-            rest, ai = divmod(k, n_act)
-            e, t = divmod(rest, len(TILES))
-            result.setdefault(env_names[e], {})[(TILES[t], act_names[ai])] = [float(n[j]), f[j], sc[j]]
-        return result
+            if geom is not None:
+                SkillMiner.counts(episode, geom, out.setdefault(str(episode.env_name), {}))
+        return out
 
     def update(self, batch: list[tuple[str, Any]]) -> None:
-        """``batch``: (env, events) per episode — a list of :meth:`events` tuples or the dict of
-        :meth:`counts`. Count, vote on existing rules, then mine new ones."""
+        """``batch``: (env, moves) — a list of (pattern, action, failed, on_success_path) tuples or the
+        dict of :meth:`counts`. Count, vote on existing rules, then mine new ones."""
         batch_counts: dict[tuple[str, str, str], list[float]] = {}
-        for env, events in batch:
-            if isinstance(events, dict):
-                items = [((env, tile, action), v) for (tile, action), v in events.items()]
+        for env, moves in batch:
+            if isinstance(moves, dict):
+                items = [((env, pattern, action), v) for (pattern, action), v in moves.items()]
             else:
-                items = [((env, tile, action), (1.0, float(failed), float(success)))
-                         for tile, action, failed, success in events]
+                items = [((env, pattern, action), (1.0, float(failed), float(success)))
+                         for pattern, action, failed, success in moves]
             for k, (n, f, sc) in items:
                 for table in (self.stats, batch_counts):
                     s = table.setdefault(k, [0.0, 0.0, 0.0])
@@ -273,7 +347,7 @@ class SkillMiner:
                     s[2] += sc
         kept: list[Rule] = []
         for rule in self.rules:
-            k = (rule.env, rule.tile, rule.action)
+            k = (rule.env, rule.pattern, rule.action)
             if k in batch_counts:
                 n, f, s = batch_counts[k]
                 rate = (f if rule.kind == "avoid" else s) / n
@@ -284,18 +358,25 @@ class SkillMiner:
             if rule.score >= 0:
                 kept.append(rule)
         have = {r.key() for r in kept}
-        for (env, tile, action), (n, f, s) in self.stats.items():
+        # a prefer rule must beat the env's base rate of success-path moves, not only the threshold: once
+        # a learner mostly succeeds, every move lies on a successful path and says nothing
+        totals: dict[str, list[float]] = {}
+        for (env, _, _), (n, _, s) in self.stats.items():
+            t = totals.setdefault(env, [0.0, 0.0])
+            t[0] += n
+            t[1] += s
+        for (env, pattern, action), (n, f, s) in self.stats.items():
             if n < self.min_support:
                 continue
-            cands = [("avoid", f)]
-            if tile not in ("free", "edge"):
-                cands.append(("prefer", s))
-            for kind, x in cands:
+            cands = [("avoid", f, self.threshold)]
+            if _prefer_allowed(pattern):
+                cands.append(("prefer", s, max(self.threshold, totals[env][1] / totals[env][0])))
+            for kind, x, bar in cands:
                 conf = wilson_lower(x, n)
-                if conf >= self.threshold and (env, tile, action, kind) not in have:
-                    kept.append(Rule(env, tile, action, kind, int(n), x / n, conf))
-                    have.add((env, tile, action, kind))
-        kept.sort(key=lambda r: (r.support * r.confidence, r.env, r.tile, r.action), reverse=True)
+                if conf >= bar and (env, pattern, action, kind) not in have:
+                    kept.append(Rule(env, pattern, action, kind, int(n), x / n, conf))
+                    have.add((env, pattern, action, kind))
+        kept.sort(key=lambda r: (r.support * r.confidence, r.env, r.pattern, r.action), reverse=True)
         per_env: dict[str, int] = {}
         self.rules = []
         for r in kept:  # at most max_rules per env
@@ -313,5 +394,5 @@ class SkillMiner:
         }
 
     def load_json(self, d: dict[str, Any]) -> None:
-        self.stats = {(str(e), str(t), str(a)): [float(n), float(f), float(s)] for e, t, a, n, f, s in d["stats"]}
+        self.stats = {(str(e), str(p), str(a)): [float(n), float(f), float(s)] for e, p, a, n, f, s in d["stats"]}
         self.rules = [Rule(**r) for r in d["rules"]]

@@ -33,6 +33,8 @@ class Turn:
     terminated: bool = False
     truncated: bool = False
     failure: str | None = None
+    # info["events"]: the failure and irreversible events of the turn's primitive actions (docs/memory.md)
+    events: list[dict[str, Any]] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # observation images shown
 
     @property

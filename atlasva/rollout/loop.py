@@ -342,6 +342,7 @@ class AgentLoop:
                 terminated=bool(terminated),
                 truncated=bool(truncated),
                 failure=info["failure"],
+                events=list(info["events"]),
                 frames=list(s.obs["images"]),
             )
         )

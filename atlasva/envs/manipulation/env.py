@@ -44,6 +44,7 @@ _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*\((.*)\)\s*$", re.S)
 SPAWN = 0.17  # objects start within |x|, |y| <= SPAWN
 MIN_SEP = 0.075
 GRASP_TOL = 0.03
+PLACE_TOL = 0.02  # a place is reported failed when the object rests farther (xy) from the commanded point
 LIFT = 0.1
 
 
@@ -318,7 +319,8 @@ class ManipulationEnv(AtlasEnv):
         assert m is not None  # canonical actions always match
         verb, args = m.group(1), [float(a) for a in m.group(2).split(",")]
         before, held_before = self._snapshot(), self.held
-        self._targets.append((self.turn, self._bin(args[0], args[1])))
+        target = self._bin(args[0], args[1])
+        self._targets.append((self.turn, target))
         if verb == "push":
             self._targets.append((self.turn, self._bin(args[3], args[4])))
         p = np.array(args[:3])
@@ -327,6 +329,7 @@ class ManipulationEnv(AtlasEnv):
             self._move([p[0], p[1], p[2] + LIFT])
             self._move(p, speed=self.speed / 2)
             best, best_d = None, GRASP_TOL
+            near = min(float(np.linalg.norm(self.obj_pos(n) - p)) for n in self.object_names)
             for n in self.object_names:
                 d = float(np.linalg.norm(self.obj_pos(n) - p))
                 if d <= best_d:
@@ -338,8 +341,16 @@ class ManipulationEnv(AtlasEnv):
             else:
                 self.opening = 0.0
             self._move([p[0], p[1], min(p[2] + LIFT, Z_RANGE[1])])
+            if best is None:  # closed on air
+                self._event("pick_failed", target, target_xyz=args[:3], reason="nothing_in_reach",
+                            nearest_object_m=round(near, 4))
+            else:
+                self._event("pick", target, target_xyz=args[:3], object=best, nearest_object_m=round(near, 4))
         elif verb == "place" and self.held is not None:
             grip = p - self._held_offset
+            placed = self.held
+            others = [float(np.hypot(*(self.obj_pos(n)[:2] - p[:2]))) for n in self.object_names if n != placed]
+            near = round(min(others), 4) if others else None  # xy distance of the target to the nearest other object
             self._move([grip[0], grip[1], max(self.gripper[2], grip[2] + LIFT)])
             self._move(grip, speed=self.speed / 2, stop_on_contact=True)
             self.held, self.opening = None, 0.06
@@ -354,10 +365,20 @@ class ManipulationEnv(AtlasEnv):
             self._move(q, speed=self.speed / 3)
             self._set_pusher(False)
             self._move([q[0], q[1], min(q[2] + LIFT, Z_RANGE[1])])
-        else:
-            return False, 0.0, False  # pick while holding / place with an empty gripper / push while holding
+        else:  # pick while holding / place with an empty gripper / push while holding
+            if verb != "push":
+                self._event(f"{verb}_failed", target, target_xyz=args[:3],
+                            reason="already_holding" if verb == "pick" else "gripper_empty")
+            return False, 0.0, False
         self._settle(40)
         self._frame = None
+        if verb == "place":  # judged once the object has come to rest
+            miss = float(np.hypot(*(self.obj_pos(placed)[:2] - p[:2])))
+            if miss > PLACE_TOL:  # it slid, toppled or landed on something else
+                self._event("place_failed", target, target_xyz=args[:3], reason="off_target", object=placed,
+                            miss_m=round(miss, 4), nearest_object_m=near)
+            else:
+                self._event("place", target, target_xyz=args[:3], object=placed, nearest_object_m=near)
         effective = bool(np.abs(self._snapshot() - before).max() > 0.002 or self.held != held_before)
         stage = self._stage_now()
         reward = 0.0
@@ -549,7 +570,23 @@ class ManipulationEnv(AtlasEnv):
             "goals": goals,
             "goal_distance": dist.tolist(),
             "occupied": [list(o) for o in occupied],
+            # where the table-plane grid appears in the camera image (for overlays): (col, row, 1) -> (x/W, y/H, 1)
+            "table_to_image": self.table_to_image().tolist(),
         }
+
+    def table_to_image(self) -> np.ndarray:
+        """3×3 homography from table-plane grid coordinates (col, row, 1), in cells from the top-left
+        corner of cell [0, 0], to image coordinates normalised to [0, 1] (x / width, y / height, 1) in
+        the observation camera (pinhole model with MuJoCo's vertical field of view; z = 0 is the table)."""
+        m, d = self.model, self.data
+        cam = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_CAMERA, self.camera)
+        rot_t = d.cam_xmat[cam].reshape(3, 3).T  # world -> camera (x right, y up, looking along -z)
+        f = 0.5 * self.height / math.tan(math.radians(float(m.cam_fovy[cam])) / 2)
+        w = 2 * XY_RANGE / self.grid
+        grid_to_world = np.array([[w, 0.0, -XY_RANGE], [0.0, -w, XY_RANGE], [0.0, 0.0, 1.0]])  # -> (x, y, 1), z = 0
+        world_to_camera = np.column_stack([rot_t[:, 0], rot_t[:, 1], -rot_t @ d.cam_xpos[cam]])
+        camera_to_image = np.array([[f / self.width, 0.0, -0.5], [0.0, -f / self.height, -0.5], [0.0, 0.0, -1.0]])
+        return camera_to_image @ world_to_camera @ grid_to_world
 
     def solve(self) -> list[str]:
         """The scripted task plan from the current state (primitive actions, canonical form)."""

@@ -153,6 +153,9 @@ class NavigationEnv(AtlasEnv):
             dr, dc = HEADING_STEPS[(self.heading + MOVES[action]) % 4]
             r, c = self.row + dr, self.col + dc
             if not (0 <= r < self.size and 0 <= c < self.size) or self.scene.blocked[r, c]:
+                inside = 0 <= r < self.size and 0 <= c < self.size
+                self._event("collision", [r, c] if inside else self.cell(),
+                            **{"from": self.cell(), "action": action, "heading": HEADINGS[self.heading]})
                 return False, reward, False  # collision: nothing happens
             self.row, self.col = r, c
             if self.is_success():

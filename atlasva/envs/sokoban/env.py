@@ -12,7 +12,7 @@ from atlasva.envs.base import AtlasEnv
 from atlasva.envs.sokoban import render
 from atlasva.envs.sokoban.generator import DEFAULT_MAX_TRIES, check_config, generate_level
 from atlasva.envs.sokoban.level import SYMBOL_LEGEND, SYMBOLS, Level, parse_rows, render_rows
-from atlasva.envs.sokoban.solver import ACTIONS, Board, board_of, simple_deadlock_cells, solve_state
+from atlasva.envs.sokoban.solver import ACTIONS, OPPOSITE, Board, board_of, simple_deadlock_cells, solve_state
 
 _ACTION_INDEX = {a.lower(): i for i, a in enumerate(ACTIONS)}
 
@@ -151,10 +151,14 @@ class SokobanEnv(AtlasEnv):
             if q in self._boxes:
                 r = nb[q]
                 if r >= 0 and r not in self._boxes:
+                    was_stuck = self._stuck(q)
                     self._boxes.remove(q)
                     self._boxes.add(r)
                     self._player = q
                     effective = True
+                    reason = None if was_stuck else self._stuck(r)
+                    if reason:  # this push made the level unsolvable (the episode goes on)
+                        self._event("deadlock", self._rc(r), **{"from": self._rc(q), "action": action, "reason": reason})
             else:
                 self._player = q
                 effective = True
@@ -167,9 +171,35 @@ class SokobanEnv(AtlasEnv):
     def is_success(self) -> bool:
         return self._boxes <= self._targets
 
+    def _stuck(self, box: int) -> str | None:
+        """Why the box at ``box`` can never reach a target: ``"dead_square"`` (a non-target cell no
+        sequence of pushes leads out of to a target), ``"block"`` (a 2×2 square of walls and boxes
+        holding a box off target: none of them can move again), else None."""
+        b = self._board
+        if b.dead[box]:
+            return "dead_square"
+        nbr = b.nbr
+
+        def solid(c: int) -> bool:  # -1 = a wall or outside the grid
+            return c < 0 or c in self._boxes
+
+        for vd in (0, 1):  # the four 2×2 squares that contain the box: (up | down) × (left | right)
+            v = nbr[vd][box]
+            if not solid(v):
+                continue
+            for hd in (2, 3):
+                h = nbr[hd][box]
+                if not solid(h):
+                    continue
+                corner = nbr[hd][v] if v >= 0 else (nbr[vd][h] if h >= 0 else -1)
+                if solid(corner):
+                    square = [c for c in (box, v, h, corner) if c >= 0]  # the boxes of the square
+                    if any(c not in self._targets for c in square):
+                        return "block"
+        return None
+
     def failure(self) -> str | None:
-        dead = self._board.dead
-        return "deadlock" if any(dead[b] for b in self._boxes) else None
+        return "deadlock" if any(self._stuck(b) for b in self._boxes) else None
 
     # ------------------------------------------------------------------ state
     def _rc(self, cell: int) -> list[int]:
@@ -262,14 +292,37 @@ class SokobanEnv(AtlasEnv):
                     if n >= 0 and dist[n] < 0:
                         dist[n] = dist[c] + 1
                         queue.append(n)
+            pushes = self._push_distance()
             self._heuristics = {
                 "shape": [h, w],
                 "hazard": [self._rc(c) for c in sorted(b.walls)],
                 "goals": [self._rc(t) for t in b.targets],
                 "goal_distance": [dist[r * w : (r + 1) * w] for r in range(h)],
                 "box_deadlock": [self._rc(c) for c in simple_deadlock_cells(b)],
+                # the box-level atlas's heuristics: where the boxes start, and pushes to the nearest target
+                "boxes": [self._rc(c) for c in sorted(self._level.boxes)],
+                "box_distance": [pushes[r * w : (r + 1) * w] for r in range(h)],
             }
         return {k: [list(x) if isinstance(x, list) else x for x in v] for k, v in self._heuristics.items()}
+
+    def _push_distance(self) -> list[int]:
+        """Per cell, the fewest pushes that bring a lone box there to a target (walls only; −1 = never,
+        i.e. a dead square): a BFS back from the targets, where a box reaches x from b = x − d only if
+        the player can stand at b − d to push it."""
+        b = self._board
+        dist = [-1] * b.size
+        queue = deque(b.targets)
+        for t in b.targets:
+            dist[t] = 0
+        while queue:
+            x = queue.popleft()
+            for d in range(4):
+                back = b.nbr[OPPOSITE[d]]
+                src = back[x]  # the box came from src, pushed in direction d
+                if src >= 0 and dist[src] < 0 and back[src] >= 0:
+                    dist[src] = dist[x] + 1
+                    queue.append(src)
+        return dist
 
     def solve(self) -> list[str]:
         """Fewest-moves plan from the current state; ``[]`` when solved already or unsolvable (deadlock)."""
