@@ -16,6 +16,7 @@ from atlasva.config import ConfigError, load_config
 from atlasva.train import TrainConfig
 
 TINY = [
+    "algorithm.estimator=bi_level_gae",  # these tests exercise the critic path (the demo default is grpo)
     "env.config.format=no_think",
     "rollout.max_turns=2",
     "rollout.max_tokens_per_turn=8",
@@ -34,7 +35,7 @@ def _args(tmp_path, tiny_policy_dir, *extra):
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="trainer.steps"):
         load_config(TrainConfig, None, ["trainer.step=3"])
-    cfg, _ = load_config(TrainConfig, None, ["algorithm.estimator=grpo"])
+    cfg, _ = load_config(TrainConfig, None, ["algorithm.estimator=grpo", "trainer.group_size=1"])
     with pytest.raises(ValueError, match="group_size"):
         cfg.validate()
     cfg, _ = load_config(TrainConfig, None, ["algorithm.estimator=turn_gae"])

@@ -158,6 +158,12 @@ def write_demo_dataset(root: Path, drawers_only: bool = False) -> None:
                             "observation.environment_state": np.concatenate([o, np.ones((t, 3))], 1).astype(np.float32),
                             "action": actions}, task)
     writer.finalize()
+    # the record `atlasva vla collect` keeps of the levels its demos play (training refuses Meta-World data without)
+    from atlasva.vla.sim import LEVELS_FILE
+
+    tasks = ["drawer-open-v3", "drawer-open-v3" if drawers_only else "pick-place-v3"]
+    (root / LEVELS_FILE).write_text("".join(json.dumps({"task": t, "seed": i, "level_hash": f"demo{i}"}) + "\n"
+                                            for i, t in enumerate(tasks)))
 
 
 def atom_config(root: Path, *extra: str):
