@@ -97,8 +97,8 @@ def _demo_policy() -> PolicyConfig:
 def _demo_memory() -> MemoryConfig:
     # SFT sees prompts without exemplars and skill lines; a tiny model cannot absorb them appearing mid-RL
     # (measured: success collapsed from 0.31 to 0 after the first memory update). Real models: turn them on.
-    # Heuristic atlases only: on held-out lakes the atlases learned during RL changed 3 of 200 outcomes
-    # (+0.005, 95% interval [-0.012, 0.022]; benchmarks/README.md → Trainer).
+    # Heuristic atlases only: with atlases learned during RL the same run ends 0.135 lower on held-out lakes
+    # (0.660 vs 0.795, paired [-0.188, -0.082]; benchmarks/README.md → the memory × estimator ablation).
     return MemoryConfig(inject_exemplars=False, inject_skills=False, learn_atlases=False)
 
 
