@@ -416,3 +416,24 @@ def test_flow_head_fits_a_bimodal_target_where_regression_averages(head: str) ->
         assert 0.2 < (out.sum(1) > 0).float().mean() < 0.8  # both modes, not one
     else:
         assert near_mode.float().mean() < 0.1
+
+
+def test_aux_head_on_the_keypoints_trains_the_stem_without_the_decoder() -> None:
+    geo = {**SMALL, "keypoints": 3, "keypoint_map": 16, "state_dim": 4, "aux_dim": 2}
+    images = torch.rand(2, 1, 3, 32, 32)
+    ids, mask = build_model(make_geometry("tiny", **SMALL)).text.tokenize(["a", "b"])
+
+    def aux_grads(source: str) -> dict[str, float]:
+        model = build_model(make_geometry("tiny", **{**geo, "aux_source": source}), seed=0)
+        enc = model.encode(images, ids, mask, torch.zeros(2, 4))
+        model.aux(enc).pow(2).sum().backward()
+        return {part: sum(float(p.grad.abs().sum()) for p in getattr(model, part).parameters() if p.grad is not None)
+                for part in ("keypoint_encoder", "decoder", "aggregator")}
+
+    direct, through = aux_grads("keypoints"), aux_grads("decoder")
+    assert direct["keypoint_encoder"] > 0 and direct["decoder"] == 0 and direct["aggregator"] == 0, direct
+    assert through["keypoint_encoder"] > 0 and through["decoder"] > 0 and through["aggregator"] > 0, through
+    with pytest.raises(ValueError, match="aux_source='keypoints' reads the keypoint path"):
+        make_geometry("tiny", **{**SMALL, "aux_dim": 2, "aux_source": "keypoints"})
+    with pytest.raises(ValueError, match="unknown aux_source"):
+        make_geometry("tiny", **{**SMALL, "aux_source": "pixels"})

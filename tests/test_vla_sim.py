@@ -200,6 +200,7 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
              "model.keypoint_map=16", "model.keypoints=2", "model.keypoint_channels=4", "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
              f"collect.dataset={tmp_path / 'ds'}", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "train.checkpoint_every=2", "train.num_threads=1", "eval.episodes_per_task=1", "eval.num_threads=1",
+             "train.lr=0.0003", "train.keypoint_lr=0.003",
              "eval.expert_baseline=false", "run.root=runs", f"sim.cameras=[{','.join(cameras)}]"]
     assert vla_main(["collect", str(cfg), *small]) == 0
     assert (tmp_path / "ds" / "meta" / "info.json").exists()
@@ -215,6 +216,9 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
     assert stage["per_task"]["reach-v3"]["episodes"] == 1
     assert (run / "episodes-sft.jsonl").exists() and (run / "contact-sft-reach-v3.png").exists()
     assert (run / "metrics.jsonl").read_text().count("train/loss") == 2
+    # the keypoint stem trains at keypoint_lr: the schedule's lr × 10 in its own optimizer group
+    groups = json.loads((sorted((run / "checkpoints").iterdir())[-1] / "state.json").read_text())["optimizer_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"]) and groups[0]["lr"] > 0
     # held out by level: the demo (seed 0, a train level) and the episode (the first validation level from
     # eval.seed_start: 100003) are recorded in levels.jsonl; the summary counts them
     assert summary["splits"] == {"train_levels": 1, "eval_levels": 1, "overlap": 0}
@@ -277,3 +281,25 @@ def test_policy_pops_a_queue_of_executed_actions(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValueError, match="execute_steps must be ≥ 1"):
         VLAPolicy({f"model/{k}": v for k, v in model.state_dict().items()},
                   {"geometry": geometry.to_dict(), "normalizer": {"mode": "mean_std", "stats": stats}}, execute_steps=0)
+
+
+def test_keypoint_lr_puts_the_stem_in_its_own_group() -> None:
+    torch = pytest.importorskip("torch")
+    from atlasva.vla.model import build_model, make_geometry
+    from atlasva.vla.sim import _param_groups
+
+    small = dict(image_size=32, patch_size=8, vision_dim=32, dim=32, heads=2, text_hidden=32, text_heads=2,
+                 text_kv_heads=1, text_intermediate=64, decoder_dim=32, decoder_heads=2, decoder_layers=1, chunk=4)
+    model = build_model(make_geometry("tiny", **small, keypoints=2, keypoint_map=16, aux_dim=3, aux_source="keypoints"))
+    rest, fast = _param_groups(model, 3e-4, 1.5e-3)
+    assert fast["lr_scale"] == pytest.approx(5.0) and rest["lr_scale"] == 1.0
+    fast_ids = {id(p) for p in fast["params"]}
+    expected = {id(p) for m in (model.keypoint_encoder, model.keypoint_proj, model.aux_head) for p in m.parameters()}
+    assert fast_ids == expected
+    assert len(fast_ids) + len(rest["params"]) == len(list(model.parameters()))  # every parameter once
+    assert not fast_ids & {id(p) for p in rest["params"]}
+    assert len(_param_groups(model, 3e-4, 0.0)) == 1  # 0 = one lr for all
+    opt = torch.optim.AdamW(_param_groups(model, 3e-4, 1.5e-3), lr=3e-4)
+    assert [g["lr_scale"] for g in opt.param_groups] == pytest.approx([1.0, 5.0])  # the training loop scales the schedule by it
+    with pytest.raises(ValueError, match="keypoint_lr must be ≥ 0"):
+        _param_groups(model, 3e-4, -1.0)

@@ -56,6 +56,7 @@ class ModelSection:
     keypoint_channels: int | None = None
     views: int | None = None  # unset: len(sim.cameras)
     aux_dim: int | None = None  # auxiliary object/goal-position head; 0 = none
+    aux_source: str | None = None  # what the auxiliary head reads: decoder | keypoints
     vggt_path: str = ""  # VGGT model.safetensors / model.pt to initialise the aggregator from
     vision_path: str = ""  # a DINOv2-style ViT (safetensors / .pt) for vision='vit'
     freeze_vision: bool = False
@@ -132,6 +133,8 @@ class TrainSection:
     steps: int = 3000
     batch_size: int = 64
     lr: float = 3e-4
+    #: learning rate of the keypoint stem and its projection (0 = train.lr); follows the same schedule
+    keypoint_lr: float = 0.0
     weight_decay: float = 0.01
     warmup: int = 100
     grad_clip: float = 1.0

@@ -92,6 +92,9 @@ class Geometry:
     keypoint_channels: int = 16
     views: int = 1  # camera views per query; the keypoint path reads exactly this many
     aux_dim: int = 0  # auxiliary object/goal-position target (0 = no auxiliary head)
+    # what the auxiliary head reads: "decoder" (one extra query through the action decoder) or "keypoints"
+    # (the keypoint ⊕ state offset every action query receives, so the position loss trains the stem directly)
+    aux_source: str = "decoder"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +120,7 @@ SIZES: dict[str, Geometry] = {
 
 HEADS = ("l1", "mse", "huber", "flow", "dit")
 FLOW_HEADS = ("flow", "dit")  # velocity fields sampled by Euler integration
+AUX_SOURCES = ("decoder", "keypoints")
 
 
 class Encoding(NamedTuple):
@@ -163,6 +167,10 @@ def _validate(g: Geometry) -> None:
         raise ValueError(f"dit_layers must be ≥ 2 (cross-attention every other block), got {g.dit_layers}")
     if g.keypoints < 0 or g.aux_dim < 0 or g.views < 1:
         raise ValueError(f"keypoints and aux_dim must be ≥ 0 and views ≥ 1, got {g.keypoints}, {g.aux_dim}, {g.views}")
+    if g.aux_source not in AUX_SOURCES:
+        raise ValueError(f"unknown aux_source {g.aux_source!r}; expected one of {list(AUX_SOURCES)}")
+    if g.aux_source == "keypoints" and g.aux_dim and not g.keypoints:
+        raise ValueError("aux_source='keypoints' reads the keypoint path: set keypoints > 0 (or aux_source='decoder')")
     if g.keypoints and (g.keypoint_map < 1 or g.image_size % g.keypoint_map):
         raise ValueError(f"keypoint_map {g.keypoint_map} must divide image_size {g.image_size}")
     if (g.dim // g.heads) % 4:
@@ -335,10 +343,14 @@ class AtlasVLA(nn.Module):
         return self.action_head(self._decode(enc, self.action_in(x_t) + temb))
 
     def aux(self, enc: Encoding) -> Tensor:
-        """The auxiliary head's object/goal positions [B, aux_dim]: one extra query through the action
-        decoder, so the position loss trains the same attention the actions read through."""
+        """The auxiliary head's object/goal positions [B, aux_dim]. ``aux_source="decoder"``: one extra query
+        through the action decoder, so the position loss trains the same attention the actions read through;
+        ``"keypoints"``: the keypoint ⊕ state offset that every action query receives, so the loss reaches the
+        keypoint stem without passing through attention over ~100 context tokens."""
         if not self.geometry.aux_dim:
             raise ValueError("this model has no auxiliary head (model.aux_dim=0)")
+        if self.geometry.aux_source == "keypoints":
+            return self.aux_head(enc.query)
         return self.aux_head(self._decode(enc, queries=self.aux_query)[:, 0])
 
     # ------------------------------------------------------------------ inference
