@@ -93,7 +93,8 @@ class Geometry:
     views: int = 1  # camera views per query; the keypoint path reads exactly this many
     aux_dim: int = 0  # auxiliary object/goal-position target (0 = no auxiliary head)
     # what the auxiliary head reads: "decoder" (one extra query through the action decoder) or "keypoints"
-    # (the keypoint ⊕ state offset every action query receives, so the position loss trains the stem directly)
+    # (the keypoint coordinates alone, so the position loss trains the stem directly and cannot fall back
+    # on the hand position, which predicts the goal late in a demo but not on its first frame)
     aux_source: str = "decoder"
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,11 +126,13 @@ AUX_SOURCES = ("decoder", "keypoints")
 
 class Encoding(NamedTuple):
     """What the action decoder reads: context tokens [B, N, D], their padding mask [B, N] (True = pad)
-    and the per-sample offset added to every query [B, D] (keypoints ⊕ state; None without keypoints)."""
+    and the per-sample offset added to every query [B, D] (keypoints ⊕ state; None without keypoints), and
+    the keypoint coordinates themselves [B, S·K·2] (None without keypoints)."""
 
     context: Tensor
     pad: Tensor
     query: Tensor | None = None
+    points: Tensor | None = None
 
 
 def flow_times(u: Tensor) -> Tensor:
@@ -232,7 +235,8 @@ class AtlasVLA(nn.Module):
             )
         if g.aux_dim:
             self.aux_query = nn.Parameter(torch.randn(1, g.decoder_dim) * 0.02)
-            self.aux_head = nn.Sequential(nn.Linear(g.decoder_dim, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.aux_dim))
+            width = g.views * g.keypoints * 2 if g.aux_source == "keypoints" else g.decoder_dim
+            self.aux_head = nn.Sequential(nn.Linear(width, g.decoder_dim), nn.GELU(), nn.Linear(g.decoder_dim, g.aux_dim))
         self.dit: DiTActionHead | None = None
         if g.head == "dit":  # the action expert reads the fused context itself (the decoder serves the aux query)
             self.dit = DiTActionHead(g.action_dim, g.chunk, g.decoder_dim, g.dit_layers, g.decoder_heads, g.mlp_ratio)
@@ -310,11 +314,11 @@ class AtlasVLA(nn.Module):
             state = state.to(agg.dtype)
             parts.append(self.state_proj(state)[:, None])
             pads.append(torch.zeros(b, 1, dtype=torch.bool, device=agg.device))
-        query = None
+        query = points = None
         if self.keypoint_encoder is not None:
             points = self.keypoint_encoder(x).reshape(b, s * g.keypoints * 2)  # [B, S*K*2], (x, y) in [-1, 1]
             query = self.keypoint_proj(torch.cat([points, state], dim=1) if g.state_dim else points)  # [B, D]
-        return Encoding(torch.cat(parts, dim=1), torch.cat(pads, dim=1), query)
+        return Encoding(torch.cat(parts, dim=1), torch.cat(pads, dim=1), query, points)
 
     def keypoints(self, images: Tensor) -> Tensor:
         """Soft-argmax keypoints [B, S, K, 2] ((x, y) in [-1, 1]) of a model with a keypoint path."""
@@ -345,12 +349,13 @@ class AtlasVLA(nn.Module):
     def aux(self, enc: Encoding) -> Tensor:
         """The auxiliary head's object/goal positions [B, aux_dim]. ``aux_source="decoder"``: one extra query
         through the action decoder, so the position loss trains the same attention the actions read through;
-        ``"keypoints"``: the keypoint ⊕ state offset that every action query receives, so the loss reaches the
-        keypoint stem without passing through attention over ~100 context tokens."""
+        ``"keypoints"``: the keypoint coordinates alone (no hand state: along a reach demo the hand converges on
+        the goal, a shortcut that leaves the first frame at the mean goal), so the loss reaches the stem
+        without passing through attention over ~100 context tokens."""
         if not self.geometry.aux_dim:
             raise ValueError("this model has no auxiliary head (model.aux_dim=0)")
         if self.geometry.aux_source == "keypoints":
-            return self.aux_head(enc.query)
+            return self.aux_head(enc.points)
         return self.aux_head(self._decode(enc, queries=self.aux_query)[:, 0])
 
     # ------------------------------------------------------------------ inference

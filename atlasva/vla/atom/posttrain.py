@@ -81,7 +81,7 @@ class ChunkPolicy:
         from atlasva.vla.model import Encoding
 
         rep = Encoding(enc.context.repeat_interleave(group, 0), enc.pad.repeat_interleave(group, 0),
-                       enc.query.repeat_interleave(group, 0) if enc.query is not None else None)
+                       enc.query.repeat_interleave(group, 0) if enc.query is not None else None)  # points: unused
         return lambda x, t: self.model.velocity(rep, x, t)
 
     def sample(self, enc: Any, group: int, generator: Any) -> tuple[Any, Any]:
