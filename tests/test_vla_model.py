@@ -44,8 +44,8 @@ def test_libero_layout_shapes_through_every_block(tiny: AtlasVLA) -> None:
         layers = tiny.aggregator(tiny.vision_adapter(vis)[:, None], tiny.grid)
         assert len(layers) == g.depth
         assert layers[-1].shape == (2, 1, 1 + g.num_register_tokens + 196, 2 * g.dim)
-        context, pad, query = tiny.encode(images, ids, mask)
-        assert query is None  # no keypoint path
+        context, pad, query, points = tiny.encode(images, ids, mask)
+        assert query is None and points is None  # no keypoint path
         assert context.shape == (2, 1 + g.num_register_tokens + 196 + ids.shape[1], g.decoder_dim)
         assert pad.dtype == torch.bool and pad.shape == context.shape[:2]
         actions = tiny.predict(images, ["put the bowl on the plate", "open the top drawer"])
