@@ -14,32 +14,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from pathlib import Path
 
-from atlasva.stats import Z95, wilson_interval
+from atlasva.stats import wilson_interval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import paired_difference  # noqa: E402  (the ablation's paired interval, one implementation)
 
 
-def outcomes(run: Path, stage: str) -> dict[str, float]:
+def outcomes(run: Path, stage: str) -> dict[str, bool]:
     """Held-out success per level hash of one stage's evaluation."""
     rows = [json.loads(x) for x in (run / f"episodes-{stage}.jsonl").read_text().splitlines() if x.strip()]
-    return {r["level_hash"]: float(r["success"]) for r in rows}
+    return {r["level_hash"]: bool(r["success"]) for r in rows}
 
 
-def paired(diffs: list[float]) -> tuple[float, float, float]:
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
-    half = Z95 * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+def summary(sft: list[dict[str, bool]], rl: list[dict[str, bool]]) -> str:
+    """Both stages' rates with Wilson intervals and the paired RL − SFT over every (seed, level) pair."""
+    n = sum(len(x) for x in sft)
+    s_wins, r_wins = sum(sum(x.values()) for x in sft), sum(sum(x.values()) for x in rl)
+    (s_lo, s_hi), (r_lo, r_hi) = wilson_interval(s_wins, n), wilson_interval(r_wins, n)
+    diff = paired_difference(rl, sft)
+    lo, hi = diff["ci95"]
+    return (f"SFT {s_wins / n:.3f} [{s_lo:.3f}, {s_hi:.3f}] → RL {r_wins / n:.3f} [{r_lo:.3f}, {r_hi:.3f}] on {n} "
+            f"(seed, level) pairs; RL − SFT {diff['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("pairs", nargs="+", help="SFT_RUN:RL_RUN (run folders)")
     args = ap.parse_args(argv)
-    all_diffs: list[float] = []
-    sft_wins = rl_wins = 0.0
+    all_rl: list[dict[str, bool]] = []
+    all_sft: list[dict[str, bool]] = []
     for pair in args.pairs:
         if ":" not in pair:
             raise SystemExit(f"expected SFT_RUN:RL_RUN, got {pair!r}")
@@ -48,22 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if set(sft) != set(rl):
             raise SystemExit(f"{sft_run} and {rl_run} evaluated different levels ({len(set(sft) ^ set(rl))} differ)")
         diffs = [rl[h] - sft[h] for h in sft]
-        n = len(diffs)
-        mean, lo, hi = paired(diffs)
-        s_lo, s_hi = wilson_interval(sum(sft.values()), n)
-        r_lo, r_hi = wilson_interval(sum(rl.values()), n)
-        print(f"{rl_run.name}: SFT {sum(sft.values()) / n:.3f} [{s_lo:.3f}, {s_hi:.3f}] → RL {sum(rl.values()) / n:.3f} "
-              f"[{r_lo:.3f}, {r_hi:.3f}] on {n} levels; RL − SFT {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-              f"({sum(d > 0 for d in diffs)} gained, {sum(d < 0 for d in diffs)} lost)")
-        all_diffs += diffs
-        sft_wins += sum(sft.values())
-        rl_wins += sum(rl.values())
-    n = len(all_diffs)
-    mean, lo, hi = paired(all_diffs)
-    s_lo, s_hi = wilson_interval(sft_wins, n)
-    r_lo, r_hi = wilson_interval(rl_wins, n)
-    print(f"pooled over {len(args.pairs)} seed(s), {n} (seed, level) pairs: SFT {sft_wins / n:.3f} [{s_lo:.3f}, {s_hi:.3f}] "
-          f"→ RL {rl_wins / n:.3f} [{r_lo:.3f}, {r_hi:.3f}]; RL − SFT {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        print(f"{rl_run.name}: {summary([sft], [rl])} ({sum(d > 0 for d in diffs)} gained, {sum(d < 0 for d in diffs)} lost)")
+        all_sft.append(sft)
+        all_rl.append(rl)
+    print(f"pooled over {len(args.pairs)} seed(s): {summary(all_sft, all_rl)}")
     return 0
 
 

@@ -80,8 +80,7 @@ class ChunkPolicy:
     def _velocity(self, enc: Any, group: int) -> Any:
         from atlasva.vla.model import Encoding
 
-        rep = Encoding(enc.context.repeat_interleave(group, 0), enc.pad.repeat_interleave(group, 0),
-                       enc.query.repeat_interleave(group, 0) if enc.query is not None else None)  # points: unused
+        rep = Encoding(*(t.repeat_interleave(group, 0) if t is not None else None for t in enc))
         return lambda x, t: self.model.velocity(rep, x, t)
 
     def sample(self, enc: Any, group: int, generator: Any) -> tuple[Any, Any]:
