@@ -95,6 +95,9 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8 and frame.std() > 0
         expert = run_episode(sim, None, "reach the red goal", seed=3, max_steps=150)
         assert expert["success"] and expert["steps"] < 150
+        # reach-v3's obj_to_target is the distance its success test reads (≤ 0.05 m): the last, successful
+        # step is the closest, and it is within the radius
+        assert expert["min_obj_to_target"] == sim.obj_to_target <= 0.05
 
         geometry = make_geometry("tiny", image_size=32, patch_size=8, vision_dim=32, dim=32, heads=2, text_hidden=32,
                                  text_heads=2, text_kv_heads=1, text_intermediate=64, decoder_dim=32, decoder_heads=2,
@@ -107,6 +110,8 @@ def test_metaworld_expert_and_one_closed_loop_episode() -> None:
         rec = run_episode(sim, policy, "reach the red goal", seed=100000, max_steps=12, keep_frames=True)
         assert rec["steps"] == 12 and rec["turns"] == 3 and len(rec.pop("_frames")) == 3
         assert isinstance(rec["success"], bool) and rec["chunk_latency_ms"] > 0
+        # the closest approach over the episode: never above the last step's distance
+        assert 0 < rec["min_obj_to_target"] <= sim.obj_to_target + 1e-9
         json.dumps(rec)
         with pytest.raises(ValueError, match="4-D"):
             sim.step(np.zeros(7))
