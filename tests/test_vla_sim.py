@@ -308,3 +308,20 @@ def test_keypoint_lr_puts_the_stem_in_its_own_group() -> None:
     assert [g["lr_scale"] for g in opt.param_groups] == pytest.approx([1.0, 5.0])  # the training loop scales the schedule by it
     with pytest.raises(ValueError, match="keypoint_lr must be ≥ 0"):
         _param_groups(model, 3e-4, -1.0)
+
+
+def test_demo_noise_per_task_and_its_errors() -> None:
+    from atlasva.config import load_config
+    from atlasva.vla.config import VLAConfig
+    from atlasva.vla.sim import demo_noise
+
+    def noise(*overrides: str) -> dict[str, float]:
+        return demo_noise(load_config(VLAConfig, "metaworld-tiny", ["sim.tasks=[reach-v3,drawer-open-v3]",
+                                                                    "collect.action_noise=0.1", *overrides], subdir="vla")[0])
+
+    assert noise() == {"reach-v3": 0.1, "drawer-open-v3": 0.1}
+    assert noise("collect.action_noise_by_task={reach-v3: 0.5}") == {"reach-v3": 0.5, "drawer-open-v3": 0.1}
+    with pytest.raises(ValueError, match="not in sim.tasks"):
+        noise("collect.action_noise_by_task={push-v3: 0.5}")
+    with pytest.raises(ValueError, match="drawer-open-v3 must be ≥ 0"):
+        noise("collect.action_noise_by_task={drawer-open-v3: -0.2}")

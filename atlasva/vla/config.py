@@ -100,6 +100,9 @@ class CollectSection:
     episodes_by_task: dict[str, int] = field(default_factory=dict)
     seed_start: int = 0
     action_noise: float = 0.1  # Gaussian noise on the *executed* action; the recorded label stays the expert's
+    #: per-task noise that replaces action_noise (Meta-World), e.g. {reach-v3: 0.5}: wider states around the
+    #: expert's path without making another task's expert fail
+    action_noise_by_task: dict[str, float] = field(default_factory=dict)
     workers: int = 1  # processes recording episodes in parallel (same dataset whatever the number)
     overwrite: bool = False
     max_steps: int = 0  # LIBERO: steps recorded per episode at most; 0 = the suite's step limit

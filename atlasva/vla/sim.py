@@ -249,6 +249,18 @@ def demo_counts(cfg: VLAConfig) -> dict[str, int]:
     return counts
 
 
+def demo_noise(cfg: VLAConfig) -> dict[str, float]:
+    """The executed-action noise ``collect`` uses per task (``collect.action_noise_by_task`` over ``action_noise``)."""
+    unknown = sorted(set(cfg.collect.action_noise_by_task) - set(cfg.sim.tasks))
+    if unknown:
+        raise ValueError(f"collect.action_noise_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
+    noise = {task: float(cfg.collect.action_noise_by_task.get(task, cfg.collect.action_noise)) for task in cfg.sim.tasks}
+    for task, sigma in noise.items():
+        if not sigma >= 0:
+            raise ValueError(f"the action noise for {task} must be ≥ 0, got {sigma}")
+    return noise
+
+
 def collect(cfg: VLAConfig) -> dict[str, Any]:
     """Record scripted-expert demos into a LeRobot v2.1 dataset (images in parquet).
 
@@ -269,7 +281,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
         shutil.rmtree(root)
     if libero.is_libero(cfg.sim.suite):
         return libero.collect(cfg)
-    counts = demo_counts(cfg)  # both fail before anything is recorded
+    counts, noise = demo_counts(cfg), demo_noise(cfg)  # all fail before anything is recorded
     instructions = {task: instruction_of(cfg, task) for task in cfg.sim.tasks}
     size = cfg.sim.image_size
     keys = image_keys(cfg.sim.cameras)
@@ -285,7 +297,7 @@ def collect(cfg: VLAConfig) -> dict[str, Any]:
     levels = {task: metaworld_levels(task, "train", counts[task], cfg.collect.seed_start, cfg.sim.validation_share)
               for task in cfg.sim.tasks}
     jobs = [(task, seed, size, tuple(cfg.sim.cameras), cfg.sim.flip_vertical, cfg.sim.max_steps,
-             cfg.collect.action_noise) for task in cfg.sim.tasks for seed, _ in levels[task]]
+             noise[task]) for task in cfg.sim.tasks for seed, _ in levels[task]]
     planned = {(task, seed): h for task in cfg.sim.tasks for seed, h in levels[task]}
     stats = {task: {"kept": 0, "expert_failed": 0} for task in cfg.sim.tasks}
     recorded: list[dict[str, Any]] = []
