@@ -5,7 +5,8 @@ goal/object loss off, on}, closed-loop success and held-out goal error, on one s
 
 Each arm is an ordinary ``atlasva vla train`` + ``atlasva vla eval`` of the config with three switches
 (``model.keypoints``, ``model.head``, ``model.aux_dim`` / ``train.aux_weight``), its own run folder under
-``runs/vla-ablation/`` (an interrupted ablation resumes arm by arm), the config's dataset (collect it first:
+``--root`` (default ``runs/vla-ablation/``; an interrupted ablation resumes arm by arm, and ``--root runs`` reuses
+a finished default training of the same identity), the config's dataset (collect it first:
 ``atlasva vla collect metaworld-tiny``) and evaluation seeds. The held-out goal error is
 ``vla_goal_probe.policy_goal_error``: a ridge read-out of reach-v3's goal from the trained decoder's outputs,
 fitted on frames of training seeds and scored on held-out seeds (and the auxiliary head's own error where
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-VISION = {"patch": ["model.keypoints=0"], "kp": ["model.keypoints=16"]}
+# without keypoints the auxiliary head can only read a decoder query
+VISION = {"patch": ["model.keypoints=0", "model.aux_source=decoder"],
+          "kp": ["model.keypoints=16", "model.aux_source=keypoints"]}
 LOSS = {"l1": ["model.head=l1"], "mse": ["model.head=mse"]}
 AUX = {"aux-off": ["model.aux_dim=0", "train.aux_weight=0"], "aux-on": ["model.aux_dim=6", "train.aux_weight=1.0"]}
 
@@ -58,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="metaworld-tiny")
     ap.add_argument("--arms", default=",".join(arms()), help="comma-separated arm names")
-    ap.add_argument("--steps", type=int, default=1500, help="training steps per arm (the default config trains 2500)")
+    ap.add_argument("--steps", type=int, default=1500, help="training steps per arm (metaworld-tiny trains 1500)")
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per task")
     ap.add_argument("--seed", type=int, default=0, help="training seed (model init and batches)")
     ap.add_argument("--jobs", type=int, default=2, help="arms at once (one torch thread each)")
+    ap.add_argument("--root", default="runs/vla-ablation",
+                    help="run.root of the arms; `runs` reuses a finished `atlasva vla train` run of the same identity")
     ap.add_argument("--probe-cache", type=Path, default=Path("runs/probe-frames"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vla_perception.json")
     args = ap.parse_args(argv)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown arms {unknown}; choose from {sorted(table)}")
     common = [f"train.steps={args.steps}", f"train.seed={args.seed}", "model.seed=" + str(args.seed),
               f"eval.episodes_per_task={args.episodes}", "train.num_threads=1", "eval.num_threads=1",
-              "eval.expert_baseline=false", "eval.save_media=false", "run.root=runs/vla-ablation"]
+              "eval.expert_baseline=false", "eval.save_media=false", f"run.root={args.root}"]
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results.setdefault("arms", {})
     results.update({"config": args.config, "steps": args.steps, "episodes_per_task": args.episodes,

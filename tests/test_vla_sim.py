@@ -166,7 +166,7 @@ def test_parallel_collect_records_the_same_dataset(tmp_path: Path) -> None:
     for workers in (1, 2):
         cfg, _ = load_config(VLAConfig, "metaworld-tiny", [
             "sim.image_size=32", "sim.cameras=[corner2]", "sim.tasks=[reach-v3,drawer-open-v3]", "sim.max_steps=120",
-            "collect.episodes_per_task=1",
+            "collect.episodes_per_task=1", "collect.action_noise=0.1",
             "collect.episodes_by_task={reach-v3: 3}",
             f"collect.dataset={tmp_path / str(workers)}", f"collect.workers={workers}"], subdir="vla")
         info = collect(cfg)
@@ -203,6 +203,7 @@ def test_cli_collect_train_eval_smoke(tmp_path: Path, monkeypatch: pytest.Monkey
              "model.text_hidden=32", "model.text_heads=2", "model.text_kv_heads=1", "model.text_intermediate=64",
              "model.decoder_dim=32", "model.decoder_heads=2", "model.decoder_layers=1", "model.depth=1",
              "model.keypoint_map=16", "model.keypoints=2", "model.keypoint_channels=4", "sim.image_size=32", "sim.tasks=[reach-v3]", "sim.max_steps=60", "collect.episodes_per_task=1",
+             "collect.episodes_by_task={reach-v3: 1}", "collect.action_noise=0.1",  # one demo, whatever the shipped counts
              f"collect.dataset={tmp_path / 'ds'}", "train.steps=2", "train.batch_size=4", "train.log_every=1",
              "train.checkpoint_every=2", "train.num_threads=1", "eval.episodes_per_task=1", "eval.num_threads=1",
              "train.lr=0.0003", "train.keypoint_lr=0.003",
@@ -325,3 +326,29 @@ def test_demo_noise_per_task_and_its_errors() -> None:
         noise("collect.action_noise_by_task={push-v3: 0.5}")
     with pytest.raises(ValueError, match="drawer-open-v3 must be ≥ 0"):
         noise("collect.action_noise_by_task={drawer-open-v3: -0.2}")
+
+
+def test_every_perception_ablation_arm_builds_what_it_names() -> None:
+    """benchmarks/vla_ablation.py's arms are valid configs that switch exactly the pieces their names say
+    (a patch-only arm must point the auxiliary head at the decoder: there are no keypoints to read)."""
+    import dataclasses
+    import importlib.util
+
+    from atlasva.config import load_config
+    from atlasva.vla.config import VLAConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_ablation.py"
+    spec = importlib.util.spec_from_file_location("vla_ablation", path)
+    assert spec is not None and spec.loader is not None
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    arms = ablation.arms()
+    assert len(arms) == 8
+    for name, overrides in arms.items():
+        vision, loss, aux = name.split("-", 2)
+        cfg, _ = load_config(VLAConfig, "metaworld-tiny", overrides, subdir="vla")
+        geometry = dataclasses.replace(cfg.model.geometry(), views=len(cfg.sim.cameras))
+        model = build_model(geometry, seed=0)
+        assert (model.geometry.keypoints > 0) == (vision == "kp"), name
+        assert model.geometry.head == loss, name
+        assert (model.geometry.aux_dim > 0) == (aux == "aux-on") == (cfg.train.aux_weight > 0), name
