@@ -314,7 +314,7 @@ def test_keypoint_lr_puts_the_stem_in_its_own_group() -> None:
 def test_demo_noise_per_task_and_its_errors() -> None:
     from atlasva.config import load_config
     from atlasva.vla.config import VLAConfig
-    from atlasva.vla.sim import demo_noise
+    from atlasva.vla.sim import demo_counts, demo_noise
 
     def noise(*overrides: str) -> dict[str, float]:
         return demo_noise(load_config(VLAConfig, "metaworld-tiny", ["sim.tasks=[reach-v3,drawer-open-v3]",
@@ -326,6 +326,15 @@ def test_demo_noise_per_task_and_its_errors() -> None:
         noise("collect.action_noise_by_task={push-v3: 0.5}")
     with pytest.raises(ValueError, match="drawer-open-v3 must be ≥ 0"):
         noise("collect.action_noise_by_task={drawer-open-v3: -0.2}")
+    with pytest.raises(ValueError, match="reach-v3 must be ≥ 0, got nan"):
+        noise("collect.action_noise=nan")
+    # the demo counts go through the same per-task rule
+    counts = demo_counts(load_config(VLAConfig, "metaworld-tiny", ["sim.tasks=[reach-v3,drawer-open-v3]",
+                                                                   "collect.episodes_per_task=5"], subdir="vla")[0])
+    assert counts == {"reach-v3": 200, "drawer-open-v3": 5}  # the shipped episodes_by_task
+    with pytest.raises(ValueError, match="demos for drawer-open-v3 must be ≥ 1, got 0"):
+        demo_counts(load_config(VLAConfig, "metaworld-tiny", ["collect.episodes_by_task={drawer-open-v3: 0}"],
+                                subdir="vla")[0])
 
 
 def test_every_perception_ablation_arm_builds_what_it_names() -> None:

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,28 +237,29 @@ def _close_worker_sims() -> None:
         _WORKER_SIMS.popitem()[1].close()
 
 
+def _per_task(cfg: VLAConfig, by_task: Mapping[str, Any], key: str, default: Any, cast: Callable[[Any], Any],
+              minimum: float, what: str) -> dict[str, Any]:
+    """One value per ``sim.tasks`` entry: ``by_task`` (the config's ``key``) over ``default``, at least ``minimum``."""
+    unknown = sorted(set(by_task) - set(cfg.sim.tasks))
+    if unknown:
+        raise ValueError(f"{key} names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
+    values = {task: cast(by_task.get(task, default)) for task in cfg.sim.tasks}
+    for task, value in values.items():
+        if not value >= minimum:  # also refuses NaN
+            raise ValueError(f"{what} for {task} must be ≥ {minimum}, got {value}")
+    return values
+
+
 def demo_counts(cfg: VLAConfig) -> dict[str, int]:
     """How many demos ``collect`` records per task (train-split levels from seed_start upwards)."""
-    unknown = sorted(set(cfg.collect.episodes_by_task) - set(cfg.sim.tasks))
-    if unknown:
-        raise ValueError(f"collect.episodes_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
-    counts = {task: int(cfg.collect.episodes_by_task.get(task, cfg.collect.episodes_per_task)) for task in cfg.sim.tasks}
-    for task, n in counts.items():
-        if n < 1:
-            raise ValueError(f"the number of demos for {task} must be ≥ 1, got {n}")
-    return counts
+    return _per_task(cfg, cfg.collect.episodes_by_task, "collect.episodes_by_task", cfg.collect.episodes_per_task,
+                     int, 1, "the number of demos")
 
 
 def demo_noise(cfg: VLAConfig) -> dict[str, float]:
     """The executed-action noise ``collect`` uses per task (``collect.action_noise_by_task`` over ``action_noise``)."""
-    unknown = sorted(set(cfg.collect.action_noise_by_task) - set(cfg.sim.tasks))
-    if unknown:
-        raise ValueError(f"collect.action_noise_by_task names tasks not in sim.tasks: {unknown}; sim.tasks is {cfg.sim.tasks}")
-    noise = {task: float(cfg.collect.action_noise_by_task.get(task, cfg.collect.action_noise)) for task in cfg.sim.tasks}
-    for task, sigma in noise.items():
-        if not sigma >= 0:
-            raise ValueError(f"the action noise for {task} must be ≥ 0, got {sigma}")
-    return noise
+    return _per_task(cfg, cfg.collect.action_noise_by_task, "collect.action_noise_by_task", cfg.collect.action_noise,
+                     float, 0, "the action noise")
 
 
 def collect(cfg: VLAConfig) -> dict[str, Any]:
