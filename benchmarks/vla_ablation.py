@@ -5,7 +5,8 @@ goal/object loss off, on}, closed-loop success and held-out goal error, on one s
 
 Each arm is an ordinary ``atlasva vla train`` + ``atlasva vla eval`` of the config with three switches
 (``model.keypoints``, ``model.head``, ``model.aux_dim`` / ``train.aux_weight``), its own run folder under
-``--root`` (default ``runs/vla-ablation/``; an interrupted ablation resumes arm by arm, and ``--root runs`` reuses
+``--root`` (default ``runs/vla-ablation/``; an interrupted ablation resumes arm by arm — arms already in ``--out``
+under the same settings are kept —, and ``--root runs`` reuses
 a finished default training of the same identity), the config's dataset (collect it first:
 ``atlasva vla collect metaworld-tiny``) and evaluation seeds. The held-out goal error is
 ``vla_goal_probe.policy_goal_error``: a ridge read-out of reach-v3's goal from the trained decoder's outputs,
@@ -89,11 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("arms", {})
     results.update({"config": args.config, "steps": args.steps, "episodes_per_task": args.episodes,
                     "common_overrides": common})
+    # an arm already trained and evaluated under these settings is kept (delete its entry in --out to redo it)
+    done = {arm for arm in chosen if results["arms"].get(f"{arm}/seed{args.seed}", {}).get("common_overrides") == common}
+    if done:
+        print(f"kept from {args.out}: {sorted(done)}", flush=True)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {arm: pool.submit(run_arm, args.config, [*table[arm], *common]) for arm in chosen}
+        futures = {arm: pool.submit(run_arm, args.config, [*table[arm], *common]) for arm in chosen if arm not in done}
         for arm, fut in futures.items():
             res = fut.result()
             res["overrides"] = table[arm]
+            res["common_overrides"] = common
             results["arms"][f"{arm}/seed{args.seed}"] = res
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
