@@ -5,13 +5,13 @@ goal/object loss off, on}, closed-loop success and held-out goal error, on one s
 
 Each arm is an ordinary ``atlasva vla train`` + ``atlasva vla eval`` of the config with three switches
 (``model.keypoints``, ``model.head``, ``model.aux_dim`` / ``train.aux_weight``), its own run folder under
-``--root`` (default ``runs/vla-ablation/``; an interrupted ablation resumes arm by arm — arms already in ``--out``
-under the same settings are kept —, and ``--root runs`` reuses
-a finished default training of the same identity), the config's dataset (collect it first:
+``--root`` (default ``runs/vla-ablation/``; ``--root runs`` reuses a finished default training of the same identity),
+the config's dataset (collect it first:
 ``atlasva vla collect metaworld-tiny``) and evaluation seeds. The held-out goal error is
 ``vla_goal_probe.policy_goal_error``: a ridge read-out of reach-v3's goal from the trained decoder's outputs,
 fitted on frames of training seeds and scored on held-out seeds (and the auxiliary head's own error where
-there is one). Writes ``benchmarks/results/vla_perception.json``.
+there is one). Writes ``benchmarks/results/vla_perception.json`` after each arm; a re-run keeps the arms already
+there under the same settings and resumes an interrupted training from its last checkpoint.
 """
 
 from __future__ import annotations
