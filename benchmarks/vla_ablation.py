@@ -1,10 +1,11 @@
 """What each piece of AtlasVLA's perception buys: {patch tokens only, + keypoints} × {L1, MSE} × {auxiliary
-goal/object loss off, on}, closed-loop success and held-out goal error, on one shared demo dataset.
+goal/object loss off, on}, plus keypoints + MSE with the auxiliary targets relative to the hand
+(``kp-mse-aux-hand``), closed-loop success and held-out goal error, on one shared demo dataset.
 
     .venv/bin/python benchmarks/vla_ablation.py [--config metaworld-tiny] [--steps 1500] [--episodes 30] [--jobs 2]
 
 Each arm is an ordinary ``atlasva vla train`` + ``atlasva vla eval`` of the config with three switches
-(``model.keypoints``, ``model.head``, ``model.aux_dim`` / ``train.aux_weight``), its own run folder under
+(``model.keypoints``, ``model.head``, ``model.aux_dim`` / ``train.aux_weight`` / ``model.aux_frame``), its own run folder under
 ``--root`` (default ``runs/vla-ablation/``; ``--root runs`` reuses a finished default training of the same identity),
 the config's dataset (collect it first:
 ``atlasva vla collect metaworld-tiny``) and evaluation seeds. The held-out goal error is
@@ -28,11 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VISION = {"patch": ["model.keypoints=0", "model.aux_source=decoder"],
           "kp": ["model.keypoints=16", "model.aux_source=keypoints"]}
 LOSS = {"l1": ["model.head=l1"], "mse": ["model.head=mse"]}
-AUX = {"aux-off": ["model.aux_dim=0", "train.aux_weight=0"], "aux-on": ["model.aux_dim=6", "train.aux_weight=1.0"]}
+AUX = {"aux-off": ["model.aux_dim=0", "train.aux_weight=0"],
+       "aux-on": ["model.aux_dim=6", "train.aux_weight=1.0", "model.aux_frame=world"]}
+# the keypoint + MSE arm with the aux targets relative to the hand (model.aux_frame=hand, what the wrist camera shows)
+AUX_HAND = ["model.aux_dim=6", "train.aux_weight=1.0", "model.aux_frame=hand"]
 
 
 def arms() -> dict[str, list[str]]:
-    return {f"{v}-{lo}-{a}": [*VISION[v], *LOSS[lo], *AUX[a]] for v in VISION for lo in LOSS for a in AUX}
+    table = {f"{v}-{lo}-{a}": [*VISION[v], *LOSS[lo], *AUX[a]] for v in VISION for lo in LOSS for a in AUX}
+    table["kp-mse-aux-hand"] = [*VISION["kp"], *LOSS["mse"], *AUX_HAND]
+    return table
 
 
 def run_arm(config: str, overrides: list[str]) -> dict[str, Any]:
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=1500, help="training steps per arm (metaworld-tiny trains 1500)")
     ap.add_argument("--episodes", type=int, default=30, help="evaluation episodes per task")
     ap.add_argument("--seed", type=int, default=0, help="training seed (model init and batches)")
+    ap.add_argument("--keypoint-lr", type=float, default=0.001,
+                    help="train.keypoint_lr of every arm (the table in benchmarks/README.md ran at 1e-3)")
     ap.add_argument("--jobs", type=int, default=2, help="arms at once (one torch thread each)")
     ap.add_argument("--root", default="runs/vla-ablation",
                     help="run.root of the arms; `runs` reuses a finished `atlasva vla train` run of the same identity")
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in chosen if a not in table]
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {sorted(table)}")
-    common = [f"train.steps={args.steps}", f"train.seed={args.seed}", "model.seed=" + str(args.seed),
+    common = [f"train.steps={args.steps}", f"train.keypoint_lr={args.keypoint_lr}", f"train.seed={args.seed}",
+              "model.seed=" + str(args.seed),
               f"eval.episodes_per_task={args.episodes}", "train.num_threads=1", "eval.num_threads=1",
               "eval.expert_baseline=false", "eval.save_media=false", f"run.root={args.root}"]
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}

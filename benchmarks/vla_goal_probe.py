@@ -281,7 +281,7 @@ def policy_goal_error(run: Path, train: dict[str, np.ndarray], held: dict[str, n
     import torch
 
     from atlasva.runs import RunFolder
-    from atlasva.vla.sim import ENV_STATE_KEY, STATE_KEY, VLAPolicy
+    from atlasva.vla.sim import ENV_STATE_KEY, STATE_KEY, VLAPolicy, aux_frame_offset
 
     loaded = (RunFolder(run.parent.parent).load_checkpoint(run) if run.parent.name == "checkpoints"
               else RunFolder(run).load_checkpoint())
@@ -301,7 +301,9 @@ def policy_goal_error(run: Path, train: dict[str, np.ndarray], held: dict[str, n
             enc = model.encode(x, ids.expand(b, -1), mask.expand(b, -1), st)
             feats.append(model._decode(enc).reshape(b, -1).numpy())
             if policy.geometry.aux_dim:
-                aux.append(policy.norm.unnormalize(ENV_STATE_KEY, model.aux(enc).numpy())[:, 3:6])
+                world = (policy.norm.unnormalize(ENV_STATE_KEY, model.aux(enc).numpy())
+                         + aux_frame_offset(policy.geometry, d["state"][i:i + 64]))
+                aux.append(world[:, 3:6])
             if policy.geometry.keypoints:
                 points.append(model.keypoints(x).reshape(b, -1).numpy())
         f = np.concatenate([np.concatenate(feats), d["state"][:, :3]], axis=1)

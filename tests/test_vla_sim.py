@@ -352,7 +352,7 @@ def test_every_perception_ablation_arm_builds_what_it_names() -> None:
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     arms = ablation.arms()
-    assert len(arms) == 8
+    assert len(arms) == 9 and {n for n in arms if n.endswith("aux-hand")} == {"kp-mse-aux-hand"}
     for name, overrides in arms.items():
         vision, loss, aux = name.split("-", 2)
         cfg, _ = load_config(VLAConfig, "metaworld-tiny", overrides, subdir="vla")
@@ -360,4 +360,35 @@ def test_every_perception_ablation_arm_builds_what_it_names() -> None:
         model = build_model(geometry, seed=0)
         assert (model.geometry.keypoints > 0) == (vision == "kp"), name
         assert model.geometry.head == loss, name
-        assert (model.geometry.aux_dim > 0) == (aux == "aux-on") == (cfg.train.aux_weight > 0), name
+        assert (model.geometry.aux_dim > 0) == (aux != "aux-off") == (cfg.train.aux_weight > 0), name
+        if aux != "aux-off":  # each aux arm names its frame, whatever the config's default
+            assert model.geometry.aux_frame == ("hand" if aux == "aux-hand" else "world"), name
+
+
+def test_aux_targets_in_the_hand_frame_are_positions_minus_the_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.aux_frame=hand: each recorded xyz (object, goal) minus the hand's state[:3]; the same offset maps a
+    prediction back to the world, and a frame without the state it needs is refused by name."""
+    from atlasva.config import load_config
+    from atlasva.vla import sim
+    from atlasva.vla.config import VLAConfig
+    from atlasva.vla.model import make_geometry
+
+    recorded = np.array([[0.1, 0.6, 0.02, 0.05, 0.8, 0.2], [0.0, 0.7, 0.02, -0.1, 0.9, 0.3]], dtype=np.float32)
+    states = np.array([[0.0, 0.6, 0.2, 1.0], [0.1, 0.5, 0.1, -1.0]], dtype=np.float32)  # hand xyz, gripper
+    monkeypatch.setattr(sim, "load_lerobot_column", lambda path, key: recorded)
+    cfg, _ = load_config(VLAConfig, "metaworld-tiny", ["train.aux_weight=1.0"], subdir="vla")
+    hand = make_geometry("tiny", state_dim=4, aux_dim=6, aux_frame="hand")
+    targets = sim._aux_targets(cfg, hand, states)
+    np.testing.assert_allclose(targets, [[0.1, 0.0, -0.18, 0.05, 0.2, 0.0], [-0.1, 0.2, -0.08, -0.2, 0.4, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(targets + sim.aux_frame_offset(hand, states), recorded, atol=1e-6)
+    world = make_geometry("tiny", state_dim=4, aux_dim=6, aux_frame="world")
+    np.testing.assert_array_equal(sim._aux_targets(cfg, world, states), recorded)
+    assert not sim.aux_frame_offset(world, states).any()
+    with pytest.raises(ValueError, match="needs the recorded state of every frame"):
+        sim._aux_targets(cfg, hand, None)
+    with pytest.raises(ValueError, match="aux_frame='hand' subtracts the hand position"):
+        make_geometry("tiny", state_dim=0, aux_dim=6, aux_frame="hand")
+    with pytest.raises(ValueError, match="aux_dim a multiple of 3"):
+        make_geometry("tiny", state_dim=4, aux_dim=5, aux_frame="hand")
+    with pytest.raises(ValueError, match="unknown aux_frame"):
+        make_geometry("tiny", aux_frame="camera")

@@ -57,6 +57,7 @@ class ModelSection:
     views: int | None = None  # unset: len(sim.cameras)
     aux_dim: int | None = None  # auxiliary object/goal-position head; 0 = none
     aux_source: str | None = None  # what the auxiliary head reads: decoder | keypoints
+    aux_frame: str | None = None  # the auxiliary targets' frame: world | hand (minus the hand position)
     vggt_path: str = ""  # VGGT model.safetensors / model.pt to initialise the aggregator from
     vision_path: str = ""  # a DINOv2-style ViT (safetensors / .pt) for vision='vit'
     freeze_vision: bool = False

@@ -96,6 +96,11 @@ class Geometry:
     # (the keypoint coordinates alone, so the position loss trains the stem directly and cannot fall back
     # on the hand position, which predicts the goal late in a demo but not on its first frame)
     aux_source: str = "decoder"
+    # the frame of the auxiliary targets: "world" (positions as recorded) or "hand" (each position minus the
+    # hand's, state[:3]). The wrist camera sees the goal relative to the hand, so from the keypoints alone a
+    # world-frame height is ambiguous and regresses to the mean; the relative position is what they show,
+    # and what the action needs (see aux_frame_offset)
+    aux_frame: str = "world"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +127,7 @@ SIZES: dict[str, Geometry] = {
 HEADS = ("l1", "mse", "huber", "flow", "dit")
 FLOW_HEADS = ("flow", "dit")  # velocity fields sampled by Euler integration
 AUX_SOURCES = ("decoder", "keypoints")
+AUX_FRAMES = ("world", "hand")
 
 
 class Encoding(NamedTuple):
@@ -172,6 +178,11 @@ def _validate(g: Geometry) -> None:
         raise ValueError(f"keypoints and aux_dim must be ≥ 0 and views ≥ 1, got {g.keypoints}, {g.aux_dim}, {g.views}")
     if g.aux_source not in AUX_SOURCES:
         raise ValueError(f"unknown aux_source {g.aux_source!r}; expected one of {list(AUX_SOURCES)}")
+    if g.aux_frame not in AUX_FRAMES:
+        raise ValueError(f"unknown aux_frame {g.aux_frame!r}; expected one of {list(AUX_FRAMES)}")
+    if g.aux_frame == "hand" and g.aux_dim and (g.state_dim < 3 or g.aux_dim % 3):
+        raise ValueError(f"aux_frame='hand' subtracts the hand position (state[:3]) from each xyz target: it needs "
+                         f"state_dim ≥ 3 and aux_dim a multiple of 3, got state_dim={g.state_dim}, aux_dim={g.aux_dim}")
     if g.aux_source == "keypoints" and g.aux_dim and not g.keypoints:
         raise ValueError("aux_source='keypoints' reads the keypoint path: set keypoints > 0 (or aux_source='decoder')")
     if g.keypoints and (g.keypoint_map < 1 or g.image_size % g.keypoint_map):

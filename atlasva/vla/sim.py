@@ -476,7 +476,7 @@ def train(cfg: VLAConfig) -> Path:
         from atlasva.vla.atom.progress import subtask_task_ids
 
         tasks, task_ids, subtask_labels = subtask_task_ids(cfg.data.path or cfg.collect.dataset, tasks, task_ids)
-    env_states = _aux_targets(cfg, geometry.aux_dim)
+    env_states = _aux_targets(cfg, geometry, states)
     train_levels = _training_levels(cfg, len(np.unique(episodes)))
     stats = {ACTION_KEY: compute_stats(actions)}
     if states is not None:
@@ -598,8 +598,19 @@ def _training_levels(cfg: VLAConfig, episodes: int) -> list[dict[str, Any]] | No
     return levels
 
 
-def _aux_targets(cfg: VLAConfig, aux_dim: int) -> np.ndarray | None:
-    """The auxiliary loss's per-frame targets [N, aux_dim] (raw), or None when the loss is off."""
+def aux_frame_offset(geometry: Any, states: np.ndarray) -> np.ndarray:
+    """What the auxiliary targets have subtracted [N, aux_dim] (raw units): zeros for ``aux_frame="world"``, the
+    hand position ``states[:, :3]`` repeated for each xyz target for ``"hand"``. Targets are ``positions − offset``;
+    a prediction maps back to the world as ``prediction + offset`` — one rule for training and read-outs."""
+    if geometry.aux_frame == "world":
+        return np.zeros((len(states), geometry.aux_dim), dtype=np.float32)
+    return np.tile(np.asarray(states, dtype=np.float32)[:, :3], geometry.aux_dim // 3)
+
+
+def _aux_targets(cfg: VLAConfig, geometry: Any, states: np.ndarray | None) -> np.ndarray | None:
+    """The auxiliary loss's per-frame targets [N, aux_dim] (raw, in ``model.aux_frame``), or None when the loss
+    is off."""
+    aux_dim = geometry.aux_dim
     if cfg.train.aux_weight < 0:
         raise ValueError(f"train.aux_weight must be ≥ 0, got {cfg.train.aux_weight}")
     if cfg.train.aux_weight == 0:
@@ -615,7 +626,12 @@ def _aux_targets(cfg: VLAConfig, aux_dim: int) -> np.ndarray | None:
                          f"auxiliary loss exists): re-collect with collect.overwrite=true, or set train.aux_weight=0") from None
     if targets.shape[1] != aux_dim:
         raise ValueError(f"{ENV_STATE_KEY} is {targets.shape[1]}-D, model.aux_dim is {aux_dim}")
-    return targets
+    if geometry.aux_frame == "world":
+        return targets
+    if states is None or len(states) != len(targets):
+        raise ValueError(f"model.aux_frame={geometry.aux_frame!r} needs the recorded state of every frame "
+                         f"({len(targets)} frames, states: {None if states is None else len(states)})")
+    return targets - aux_frame_offset(geometry, states)
 
 
 def _pad(t: Any, length: int, value: int) -> Any:
