@@ -125,7 +125,7 @@ def load_config(
             raise ConfigError(f"{path} must hold a mapping at the top level")
         # a file states a free-form dict (e.g. env.config) whole: it replaces the schema's default dict
         # instead of merging into it (the embedded demo's FrozenLake keys must not reach a Sokoban run);
-        # dotted overrides below still add to it
+        # dotted overrides below still add to it (`key={}` empties it)
         given = OmegaConf.create(data)
         for key in _flat_dict(data):
             if isinstance(OmegaConf.select(given, key), DictConfig) and _is_open(cfg, key):
@@ -145,6 +145,9 @@ def load_config(
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = parsed
+        if parsed == {} and _is_open(cfg, key.strip()):  # `key={}` empties a free-form dict (overrides add otherwise)
+            OmegaConf.update(cfg, key.strip(), {}, merge=False)
+            continue
         cfg = _merge(cfg, nested, f"override {item!r}")
     return OmegaConf.to_object(cfg), name  # type: ignore[return-value]
 

@@ -392,3 +392,20 @@ def test_aux_targets_in_the_hand_frame_are_positions_minus_the_hand(monkeypatch:
         make_geometry("tiny", state_dim=4, aux_dim=5, aux_frame="hand")
     with pytest.raises(ValueError, match="unknown aux_frame"):
         make_geometry("tiny", aux_frame="camera")
+
+
+def test_an_empty_dict_override_clears_the_shipped_per_task_counts() -> None:
+    """`collect.episodes_by_task={}` drops metaworld-tiny's reach-v3 count (a non-empty override adds to it), so
+    other task sets run from the command line."""
+    from atlasva.config import load_config
+    from atlasva.vla.config import VLAConfig
+    from atlasva.vla.sim import demo_counts
+
+    shipped, _ = load_config(VLAConfig, "metaworld-tiny", [], subdir="vla")
+    assert shipped.collect.episodes_by_task == {"reach-v3": 200}
+    added, _ = load_config(VLAConfig, "metaworld-tiny", ["collect.episodes_by_task={drawer-open-v3: 5}"], subdir="vla")
+    assert added.collect.episodes_by_task == {"reach-v3": 200, "drawer-open-v3": 5}
+    cleared, _ = load_config(VLAConfig, "metaworld-tiny", ["collect.episodes_by_task={}",
+                                                           "sim.tasks=[pick-place-v3,door-open-v3]"], subdir="vla")
+    assert cleared.collect.episodes_by_task == {}
+    assert demo_counts(cleared) == {"pick-place-v3": 50, "door-open-v3": 50}
