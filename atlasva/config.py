@@ -135,19 +135,20 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.steps=50)")
         key, _, value = item.partition("=")
+        key = key.strip()
         try:
             parsed = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
             parsed = value
+        if parsed == {} and _is_open(cfg, key):  # `key={}` empties a free-form dict (overrides add otherwise)
+            OmegaConf.update(cfg, key, {}, merge=False)
+            continue
         nested: dict[str, Any] = {}
         cur = nested
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = parsed
-        if parsed == {} and _is_open(cfg, key.strip()):  # `key={}` empties a free-form dict (overrides add otherwise)
-            OmegaConf.update(cfg, key.strip(), {}, merge=False)
-            continue
         cfg = _merge(cfg, nested, f"override {item!r}")
     return OmegaConf.to_object(cfg), name  # type: ignore[return-value]
 
